@@ -1,0 +1,221 @@
+"""Argument validation, dtype promotion and the canonical layout shared by every public function.
+
+Every public function of jaxsoft reduces over one or more axes. Rather than teaching each numerical
+kernel about tuples of axes, masks and per-row temperatures, we validate once here and bring the
+input into a canonical layout: the reduced axes moved last and flattened into one axis of length
+``n``, the mask broadcast to the same shape, and the temperature broadcast to ``batch + (1,)``.
+Kernels then only ever reduce over ``axis=-1`` with ``keepdims=True``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.typing import ArrayLike
+
+Axis = int | Sequence[int] | None
+
+
+def canonicalize_axis(axis: Axis, ndim: int, *, name: str = "axis") -> tuple[int, ...]:
+    """Return ``axis`` as a sorted-by-appearance tuple of non-negative ints, validating it."""
+    if axis is None:
+        return tuple(range(ndim))
+    axes = (axis,) if isinstance(axis, (int, np.integer)) else tuple(axis)
+    out = []
+    for a in axes:
+        if isinstance(a, bool) or not isinstance(a, (int, np.integer)):
+            raise TypeError(f"{name} must be an int or a tuple of ints, got {axis!r}")
+        if not -ndim <= a < ndim:
+            raise ValueError(f"{name} {a} is out of bounds for array of dimension {ndim}")
+        out.append(int(a) % ndim)
+    if len(set(out)) != len(out):
+        raise ValueError(f"{name} contains a repeated axis: {axis!r}")
+    return tuple(out)
+
+
+def result_dtype(x: jax.Array, name: str) -> np.dtype:
+    """The dtype a function returns for ``x``: floats keep theirs, ints and bools promote."""
+    if not (jnp.issubdtype(x.dtype, jnp.number) or x.dtype == jnp.bool_):
+        raise TypeError(f"{name}: x must be a numeric array, got dtype {x.dtype}")
+    if jnp.issubdtype(x.dtype, jnp.complexfloating):
+        raise TypeError(
+            f"{name}: complex input is not supported (softmax needs an ordering), got {x.dtype}"
+        )
+    return jnp.result_type(x.dtype, float)
+
+
+def compute_dtype(dtype: np.dtype) -> np.dtype:
+    """bf16/f16 are accumulated in float32; wider floats are used as they are."""
+    if jnp.finfo(dtype).bits < 32:
+        return jnp.dtype(jnp.float32)
+    return jnp.dtype(dtype)
+
+
+def as_array(x: ArrayLike, name: str, what: str = "x") -> jax.Array:
+    if isinstance(x, (str, bytes)) or x is None:
+        raise TypeError(f"{name}: {what} must be an array-like of numbers, got {type(x).__name__}")
+    try:
+        return jnp.asarray(x)
+    except (TypeError, ValueError) as e:
+        raise TypeError(
+            f"{name}: {what} must be an array-like of numbers, got {type(x).__name__}"
+        ) from e
+
+
+def _is_concrete(v) -> bool:
+    return not isinstance(v, jax.core.Tracer)
+
+
+def is_unit_temperature(t) -> bool:
+    """True when ``t`` is the Python/NumPy scalar 1, so kernels can skip the division by ``t``."""
+    return isinstance(t, (int, float, np.integer, np.floating)) and not isinstance(t, bool) and t == 1
+
+
+def check_temperature(t: ArrayLike, name: str) -> jax.Array | None:
+    """Validate ``t``; returns ``None`` for the unit temperature."""
+    if is_unit_temperature(t):
+        return None
+    if isinstance(t, (str, bytes, bool)) or t is None:
+        raise TypeError(f"{name}: t must be a non-negative real number or array, got {t!r}")
+    t_arr = as_array(t, name, "t")
+    if not (jnp.issubdtype(t_arr.dtype, jnp.integer) or jnp.issubdtype(t_arr.dtype, jnp.floating)):
+        raise TypeError(f"{name}: t must be real, got dtype {t_arr.dtype}")
+    if _is_concrete(t_arr):
+        tv = np.asarray(t_arr, dtype=np.float64)
+        if np.any(np.isnan(tv)):
+            raise ValueError(f"{name}: t must not be NaN")
+        if np.any(tv < 0):
+            raise ValueError(f"{name}: t must be >= 0 (t = 0 is the hard argmax), got min {tv.min()}")
+        if np.any(np.isinf(tv)):
+            raise ValueError(f"{name}: t must be finite, got inf")
+    return t_arr
+
+
+def check_where(where: ArrayLike | None, shape: tuple[int, ...], name: str) -> jax.Array | None:
+    if where is None:
+        return None
+    w = as_array(where, name, "where")
+    if w.dtype != jnp.bool_:
+        raise TypeError(f"{name}: where must be a boolean array, got dtype {w.dtype}")
+    try:
+        if np.broadcast_shapes(w.shape, shape) != tuple(shape):
+            raise ValueError
+    except ValueError:
+        raise ValueError(
+            f"{name}: where of shape {w.shape} does not broadcast to x of shape {shape}"
+        ) from None
+    return w
+
+
+class Layout(NamedTuple):
+    """Static description of how the canonical ``(*batch, n)`` layout maps back to the input."""
+
+    shape: tuple[int, ...]  # input shape
+    axes: tuple[int, ...]  # reduced axes, canonical
+    batch: tuple[int, ...]  # shape of the non-reduced axes, in input order
+    n: int  # product of reduced sizes
+
+    @property
+    def reduced_shape(self) -> tuple[int, ...]:
+        return tuple(self.shape[a] for a in self.axes)
+
+    def keepdims_shape(self) -> tuple[int, ...]:
+        return tuple(1 if i in self.axes else s for i, s in enumerate(self.shape))
+
+    def to_canonical(self, a: jax.Array) -> jax.Array:
+        """``a`` of the input's shape -> ``(*batch, n)``."""
+        k = len(self.axes)
+        moved = jnp.moveaxis(a, self.axes, tuple(range(-k, 0))) if k else a[..., None]
+        return moved.reshape(self.batch + (self.n,))
+
+    def from_canonical(self, a: jax.Array) -> jax.Array:
+        """``(*batch, n)`` -> the input's shape."""
+        k = len(self.axes)
+        if not k:
+            return a[..., 0]
+        a = a.reshape(self.batch + self.reduced_shape)
+        return jnp.moveaxis(a, tuple(range(-k, 0)), self.axes)
+
+    def reduced_from_canonical(self, a: jax.Array, keepdims: bool) -> jax.Array:
+        """``(*batch, 1)`` -> the reduced shape (with size-1 reduced axes when ``keepdims``)."""
+        a = a[..., 0]
+        return a.reshape(self.keepdims_shape()) if keepdims else a
+
+
+def make_layout(shape: tuple[int, ...], axes: tuple[int, ...]) -> Layout:
+    batch = tuple(s for i, s in enumerate(shape) if i not in axes)
+    return Layout(tuple(shape), axes, batch, math.prod(shape[a] for a in axes))
+
+
+def temperature_shape_error(name: str, t_shape, layout: Layout) -> ValueError:
+    return ValueError(
+        f"{name}: t of shape {tuple(t_shape)} must broadcast to the reduced shape {layout.batch} "
+        f"(or, with the input's rank, to {layout.keepdims_shape()})"
+    )
+
+
+def canonical_temperature(t: jax.Array, layout: Layout) -> jax.Array:
+    """Broadcast a validated ``t`` to ``(*batch, 1)``.
+
+    ``t`` may be a scalar, an array broadcastable to the reduced shape (``batch``, the output shape
+    without ``keepdims``), or an array of the input's rank with size 1 on every reduced axis.
+    """
+    if t.ndim == len(layout.shape) and t.ndim > len(layout.batch):
+        t = t.reshape(tuple(s for i, s in enumerate(t.shape) if i not in layout.axes))
+    return jnp.broadcast_to(t, layout.batch)[..., None]
+
+
+class Prepared(NamedTuple):
+    x: jax.Array
+    t: jax.Array | None
+    where: jax.Array | None
+    axes: tuple[int, ...]
+
+
+def prepare(name: str, x: ArrayLike, axis: Axis, t: ArrayLike, where: ArrayLike | None) -> Prepared:
+    """Validate the arguments every public function shares. Runs eagerly, before any jit."""
+    x = as_array(x, name)
+    result_dtype(x, name)
+    axes = canonicalize_axis(axis, x.ndim)
+    t_arr = check_temperature(t, name)
+    if t_arr is not None:
+        layout = make_layout(x.shape, axes)
+        # Fail here, with the user's shapes in the message, rather than inside a trace.
+        _check_temperature_shape(t_arr.shape, layout, name)
+    w = check_where(where, x.shape, name)
+    return Prepared(x, t_arr, w, axes)
+
+
+def _check_temperature_shape(t_shape, layout: Layout, name: str) -> None:
+    shape = tuple(t_shape)
+    if len(shape) == len(layout.shape) and len(shape) > len(layout.batch):
+        if any(shape[a] != 1 for a in layout.axes):
+            raise temperature_shape_error(name, shape, layout)
+        shape = tuple(s for i, s in enumerate(shape) if i not in layout.axes)
+    try:
+        ok = np.broadcast_shapes(shape, layout.batch) == layout.batch
+    except ValueError:
+        ok = False
+    if not ok:
+        raise temperature_shape_error(name, t_shape, layout)
+
+
+def canonicalize(
+    x: jax.Array, t: jax.Array | None, where: jax.Array | None, axes: tuple[int, ...], name: str
+) -> tuple[Layout, jax.Array, jax.Array | None, jax.Array | None, np.dtype]:
+    """Inside jit: move to the canonical layout and cast to the compute dtype.
+
+    Returns ``(layout, x, t, mask, out_dtype)`` with ``x``/``mask`` of shape ``(*batch, n)`` and
+    ``t`` of shape ``(*batch, 1)`` (or ``None`` for ``t = 1``).
+    """
+    out_dtype = result_dtype(x, name)
+    cdt = compute_dtype(out_dtype)
+    layout = make_layout(x.shape, axes)
+    xc = layout.to_canonical(x.astype(cdt))
+    tc = None if t is None else canonical_temperature(t.astype(cdt), layout)
+    mc = None if where is None else layout.to_canonical(jnp.broadcast_to(where, x.shape))
+    return layout, xc, tc, mc, out_dtype

@@ -1,0 +1,352 @@
+"""logsumexp, softargmax, log_softargmax and the softargmax-weighted mean, with their JVP rules.
+
+Every kernel here works in the canonical layout of :mod:`jaxsoft._checks`: ``x`` and ``mask`` of
+shape ``(*batch, n)``, ``t`` of shape ``(*batch, 1)`` or ``None`` (meaning ``t = 1``, so no
+division is emitted), reducing over the last axis with ``keepdims``.
+
+Edge semantics (SPEC section 6), per row:
+
+================================  ===========  ===========  ======================  ======================
+input along the axis              softargmax   logsumexp    log_softargmax          gradients
+================================  ===========  ===========  ======================  ======================
+finite, any magnitude             exact        exact        exact (log1p form)      finite
+some ``-inf``                     0 there      ignores them ``-inf`` there          0 for those entries
+one or more ``+inf``              uniform on   ``+inf``     ``-log k`` on the k     finite (limits)
+                                  the ``+inf``              ``+inf``, else ``-inf``
+all ``-inf`` / fully masked       all 0        ``-inf``     all ``-inf``            all 0
+a NaN in the row                  NaN row      NaN          NaN row                 NaN in that row only
+``t = 0``                         hard argmax  ``max(x)``   0/``-log k`` on argmax  defined (see below)
+================================  ===========  ===========  ======================  ======================
+
+At ``t = 0`` the derivative of softargmax/log_softargmax is 0 (the hard argmax is piecewise
+constant); logsumexp's derivative there is the tie-split one-hot in ``x`` and ``log k`` in ``t``.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+from jax.custom_derivatives import SymbolicZero
+from jax.typing import ArrayLike
+
+from jaxsoft import _checks
+
+_NEG_INF = -jnp.inf
+
+
+def _is_zero(tangent) -> bool:
+    return tangent is None or isinstance(tangent, SymbolicZero)
+
+
+def _rowsum(a: jax.Array, mask: jax.Array | None) -> jax.Array:
+    # The mask keeps garbage (NaN tangents, inf) in excluded entries out of the row sums.
+    return jnp.sum(a, axis=-1, keepdims=True, where=mask)
+
+
+# --------------------------------------------------------------------------------------------------
+# The shared kernel: one pass structure gives all three of (lse, p, log p).
+# --------------------------------------------------------------------------------------------------
+
+
+@jax.custom_jvp
+def _core(x: jax.Array, t: jax.Array | None, mask: jax.Array | None):
+    """Return ``(lse, p, logp)`` for canonical ``x``; ``lse`` has shape ``(*batch, 1)``.
+
+    With ``m = max(x)`` over the included entries and ``z = (x - m) / t``, the ``c`` entries equal
+    to ``m`` contribute exactly ``1`` each to ``sum exp(z)``; the others add up to ``s``. Keeping
+    ``s`` apart lets ``log(c + s) = log1p((c - 1) + s)`` keep the digits that ``log(1 + s)`` would
+    round away (SPEC 2.5, 3.2), without an argmax.
+    """
+    if mask is None:
+        m = jnp.max(x, axis=-1, keepdims=True)
+        is_max = x == m
+    else:
+        # A finite fill (not -inf) so finite inputs never produce an inf intermediate.
+        lowest = jnp.finfo(x.dtype).min
+        m = jnp.max(jnp.where(mask, x, lowest), axis=-1, keepdims=True)
+        is_max = mask & (x == m)
+        x = jnp.where(mask, x, m)  # masked entries: z = 0, excluded from every sum below
+    c = jnp.sum(is_max, axis=-1, keepdims=True, dtype=x.dtype)
+    # Empty rows: all -inf, or (with a mask) no included entry. A NaN row is never "empty".
+    empty = (m == _NEG_INF) | ((c == 0) & ~jnp.isnan(m))
+    m_fin = jnp.where(jnp.isfinite(m), m, 0)
+    hard = m == jnp.inf  # the +inf entries share all the mass, as in the t -> 0 limit
+    if t is None:
+        z_soft = x - m_fin
+    else:
+        hard = hard | (t == 0)
+        z_soft = (x - m_fin) / jnp.where(t == 0, 1, t)
+    z = jnp.where(is_max, 0, jnp.where(hard, _NEG_INF, z_soft))
+    e = jnp.exp(z)
+    excluded = is_max if mask is None else is_max | ~mask
+    s = jnp.sum(jnp.where(excluded, 0, e), axis=-1, keepdims=True)
+    log_total = jnp.log1p((c - 1) + s)
+    lse = m + log_total if t is None else m + t * log_total
+    lse = jnp.where(empty, _NEG_INF, lse)
+    zero_out = empty if mask is None else empty | ~mask
+    p = jnp.where(zero_out, 0, e / (c + s))
+    logp = jnp.where(zero_out, _NEG_INF, z - log_total)
+    return lse, p, logp
+
+
+def _core_jvp(primals, tangents):
+    x, t, mask = primals
+    dx, dt, _ = tangents
+    out = _core(x, t, mask)
+    return out, _core_tangents(x, t, mask, out, dx, dt)
+
+
+_core.defjvp(_core_jvp, symbolic_zeros=True)
+
+
+def _core_tangents(x, t, mask, out, dx, dt):
+    """Tangents of ``(lse, p, logp)``, O(n), built from the primal outputs only.
+
+    ``d lse = <p, dx> + H(p) dt`` with ``H(p) = -<p, log p>``;
+    ``d log p_i = g_i - <p, g>`` with ``g = (dx - log p * dt) / t``; ``d p = p * d log p``.
+    Entries whose ``log p`` is ``-inf`` (excluded, ``-inf`` logits, losers of a hard argmax) are
+    constants, so their tangents are 0; so are p's and log p's at ``t = 0``.
+    """
+    lse, p, logp = out
+    # NaN must stay NaN (it marks a NaN row), so test for -inf rather than for finiteness.
+    finite = logp != _NEG_INF
+    logp_fin = jnp.where(finite, logp, 0)
+    dlse = jnp.zeros_like(lse)
+    g = jnp.zeros_like(x)
+    if not _is_zero(dx):
+        if mask is not None:
+            dx = jnp.where(mask, dx, 0)
+        dlse = dlse + _rowsum(p * dx, mask)
+        g = g + dx
+    if t is not None and not _is_zero(dt):
+        dlse = dlse - _rowsum(p * logp_fin, mask) * dt
+        g = g - logp_fin * dt
+    if t is not None:
+        g = g / jnp.where(t == 0, 1, t)
+    dlogp = g - _rowsum(p * g, mask)
+    keep = finite if t is None else finite & (t != 0)
+    dlogp = jnp.where(keep, dlogp, 0)
+    return dlse, p * dlogp, dlogp
+
+
+# --------------------------------------------------------------------------------------------------
+# The softargmax-weighted mean (the notes' "bad softMax").
+# --------------------------------------------------------------------------------------------------
+
+
+@jax.custom_jvp
+def _wmean(x: jax.Array, t: jax.Array | None, mask: jax.Array | None) -> jax.Array:
+    """``<x, p>`` over the last axis, ``-inf`` on empty rows; shape ``(*batch, 1)``."""
+    lse, p, _ = _core(x, t, mask)
+    # 0 * (-inf) and 0 * NaN in excluded entries must not reach the sum.
+    w = jnp.sum(jnp.where(p > 0, x, 0) * p, axis=-1, keepdims=True)
+    return jnp.where(lse == _NEG_INF, _NEG_INF, w)
+
+
+def _wmean_jvp(primals, tangents):
+    """``d<x, p> = <p, dx> + <x - w, dp>``: centring on ``w`` keeps huge shared offsets from cancelling."""
+    x, t, mask = primals
+    dx, dt, _ = tangents
+    w = _wmean(x, t, mask)
+    out = _core(x, t, mask)
+    p = out[1]
+    _, dp, _ = _core_tangents(x, t, mask, out, dx, dt)
+    # In a +inf row x - w is inf - inf; the centred term's limit there is 0.
+    centred = jnp.where((p > 0) & (w < jnp.inf), x - w, 0)
+    dw = _rowsum(centred * dp, mask)
+    if not _is_zero(dx):
+        dw = dw + _rowsum(p * (dx if mask is None else jnp.where(mask, dx, 0)), mask)
+    return w, dw
+
+
+_wmean.defjvp(_wmean_jvp, symbolic_zeros=True)
+
+
+# --------------------------------------------------------------------------------------------------
+# Public functions: validate eagerly, then one jitted dispatch into the canonical kernels.
+# --------------------------------------------------------------------------------------------------
+
+
+@partial(jax.jit, static_argnames=("axes", "kind", "keepdims", "name"))
+def _apply(x, t, where, *, axes, kind, keepdims, name):
+    layout, xc, tc, mc, out_dtype = _checks.canonicalize(x, t, where, axes, name)
+    if layout.n == 0:  # an empty reduction: -inf for the reductions, an empty array otherwise
+        red = jnp.full(layout.batch + (1,), _NEG_INF, xc.dtype)
+        out = red if kind in ("lse", "mean") else xc
+    elif kind == "mean":
+        out = _wmean(xc, tc, mc)
+    else:
+        lse, p, logp = _core(xc, tc, mc)
+        out = {"lse": lse, "p": p, "logp": logp}[kind]
+    out = out.astype(out_dtype)
+    if kind in ("lse", "mean"):
+        return layout.reduced_from_canonical(out, keepdims)
+    return layout.from_canonical(out)
+
+
+def _dispatch(kind, name, x, axis, t, where, keepdims=False):
+    x, t, where, axes = _checks.prepare(name, x, axis, t, where)
+    return _apply(x, t, where, axes=axes, kind=kind, keepdims=keepdims, name=name)
+
+
+def logsumexp(
+    x: ArrayLike,
+    axis: _checks.Axis = -1,
+    *,
+    t: ArrayLike = 1.0,
+    where: ArrayLike | None = None,
+    keepdims: bool = False,
+) -> jax.Array:
+    r"""Log-sum-exp with temperature: the smooth maximum (the notes' "good softMax").
+
+    .. math::
+        \mathrm{logsumexp}_t(x) = t \log \sum_{i \in S} e^{x_i / t}
+        = m + t\,\mathrm{log1p}\Big(\sum_{i \ne k} e^{(x_i - m)/t}\Big),\quad m = \max_S x
+
+    Computed in the shifted ``log1p`` form, so nothing overflows and small parts survive:
+    ``logsumexp([0., -40.])`` is ``4.248e-18`` in float64, not 0. Its gradient is
+    ``softargmax(x, t=t)``; its derivative in ``t`` is the entropy of that distribution.
+
+    Args:
+      x: input array of any shape, e.g. ``[batch, num_classes]``. Ints and bools promote like
+        :mod:`jax.numpy`; bf16/f16 are accumulated in float32 and returned in their own dtype.
+      axis: int, tuple of ints, or ``None`` (all axes) to reduce over. Default ``-1``.
+      t: temperature ``>= 0``: a scalar, or an array broadcastable to the reduced shape (one per
+        row). ``t = 0`` gives ``max(x)``. May be traced and differentiated.
+      where: optional boolean mask broadcastable to ``x.shape``; ``False`` entries are left out
+        (their values, even NaN or inf, change nothing).
+      keepdims: keep the reduced axes with size 1.
+
+    Returns:
+      Array of ``x``'s shape without ``axis`` (or with size-1 axes if ``keepdims``).
+
+    Edges: ``-inf`` entries are ignored; any ``+inf`` gives ``+inf``; an all ``-inf`` or fully
+    masked row (or an empty axis) gives ``-inf`` with zero gradient; a NaN gives NaN on its row.
+
+    Examples:
+      >>> import jax.numpy as jnp, jaxsoft
+      >>> float(jaxsoft.logsumexp(jnp.array([1e30, 1e30])))
+      1e+30
+      >>> float(jaxsoft.logsumexp(jnp.array([3.0, 1.0]), t=0.0))
+      3.0
+
+    .. seealso:: :func:`softargmax` (its gradient), :func:`softargmax_mean` (the "bad" one).
+    """
+    return _dispatch("lse", "logsumexp", x, axis, t, where, keepdims)
+
+
+def softargmax(
+    x: ArrayLike, axis: _checks.Axis = -1, *, t: ArrayLike = 1.0, where: ArrayLike | None = None
+) -> jax.Array:
+    r"""softArgMax (``softmax`` in most libraries), with temperature.
+
+    .. math::
+        \mathrm{softargmax}_t(x)_i = \frac{e^{x_i / t}}{\sum_{j \in S} e^{x_j / t}}
+        = \frac{e^{(x_i - m)/t}}{\sum_{j \in S} e^{(x_j - m)/t}}
+
+    A drop-in for :func:`jax.nn.softmax` (same ``axis``/``where`` meaning) that is also defined at
+    the edges. Jacobian ``(diag(p) - p p^T) / t``; derivative in ``t``: ``-p (x - <p, x>) / t^2``.
+
+    Args:
+      x: input array, e.g. ``[batch, num_classes]`` (dtype rules as :func:`logsumexp`).
+      axis: int, tuple of ints or ``None``; the output sums to 1 over these axes. Default ``-1``.
+      t: temperature ``>= 0`` (scalar or one per row); ``t = 0`` is the hard argmax with ties split
+        evenly, and its derivative is taken as 0. Larger ``t`` is closer to uniform.
+      where: optional boolean mask; masked entries get 0 and influence nothing.
+
+    Returns:
+      Array of ``x``'s shape and (floating) dtype: a distribution along ``axis``.
+
+    Edges: ``-inf`` entries get 0; with ``k`` entries at ``+inf`` those get ``1/k`` and the rest 0;
+    an all ``-inf``/fully masked row is all 0 with zero gradient; a NaN makes its row NaN.
+
+    Examples:
+      >>> import jax.numpy as jnp, jaxsoft
+      >>> jaxsoft.softargmax(jnp.array([0.0, 0.0, -jnp.inf]))
+      Array([0.5, 0.5, 0. ], dtype=float32)
+      >>> jaxsoft.softargmax(jnp.array([1.0, jnp.inf, jnp.inf]))
+      Array([0. , 0.5, 0.5], dtype=float32)
+
+    .. seealso:: :func:`log_softargmax` for log-probabilities without ``log(0)``.
+    """
+    return _dispatch("p", "softargmax", x, axis, t, where)
+
+
+def log_softargmax(
+    x: ArrayLike, axis: _checks.Axis = -1, *, t: ArrayLike = 1.0, where: ArrayLike | None = None
+) -> jax.Array:
+    r"""Log of softArgMax (``log_softmax``), accurate even for probabilities near 1.
+
+    .. math::
+        \log \mathrm{softargmax}_t(x)_i = \frac{x_i - m}{t}
+          - \mathrm{log1p}\Big(\sum_{j \ne k} e^{(x_j - m)/t}\Big)
+
+    Computing ``x_i - logsumexp(x)`` rounds ``log p`` of a dominant entry to 0 in float32; the
+    ``log1p`` form keeps it: ``log_softargmax([0., -30.])[0]`` is ``-9.357623e-14``.
+
+    Args:
+      x: input array, e.g. ``[batch, num_classes]`` (dtype rules as :func:`logsumexp`).
+      axis: int, tuple of ints or ``None``. Default ``-1``.
+      t: temperature ``>= 0`` (scalar or one per row); ``t = 0`` gives ``-log k`` on the ``k``
+        argmax entries and ``-inf`` elsewhere.
+      where: optional boolean mask; masked entries get ``-inf`` and influence nothing.
+
+    Returns:
+      Array of ``x``'s shape and (floating) dtype, all entries ``<= 0``.
+
+    Edges: ``-inf`` entries stay ``-inf`` with gradient 0; ``k`` entries at ``+inf`` get
+    ``-log k`` and the others ``-inf``; an all ``-inf``/fully masked row is all ``-inf`` with zero
+    gradient; a NaN makes its row NaN.
+
+    Examples:
+      >>> import jax.numpy as jnp, jaxsoft
+      >>> jaxsoft.log_softargmax(jnp.array([0.0, -30.0]))
+      Array([-9.357623e-14, -3.000000e+01], dtype=float32)
+
+    .. seealso:: :func:`softargmax`; ``jaxsoft.cross_entropy`` builds on this.
+    """
+    return _dispatch("logp", "log_softargmax", x, axis, t, where)
+
+
+def softargmax_mean(
+    x: ArrayLike,
+    axis: _checks.Axis = -1,
+    *,
+    t: ArrayLike = 1.0,
+    where: ArrayLike | None = None,
+    keepdims: bool = False,
+) -> jax.Array:
+    r"""The softArgMax-weighted mean ``<x, softargmax_t(x)>``: the notes' "bad softMax".
+
+    .. math::
+        \mathrm{softargmax\_mean}_t(x) = \sum_i x_i\,\frac{e^{x_i/t}}{\sum_j e^{x_j/t}}
+
+    It keeps ``f(a, a, a) = a`` and ``f(x + a) = f(x) + a``, but it is always ``<= max(x)``, which
+    makes it a poor maximum (hence "bad"); :func:`logsumexp` is the good one. Gradient:
+    ``p_j (1 + (x_j - <p, x>) / t)``. We name it for what it computes rather than ``bad_softmax``.
+
+    Args:
+      x: input array, e.g. ``[batch, num_classes]`` (dtype rules as :func:`logsumexp`).
+      axis: int, tuple of ints or ``None``. Default ``-1``.
+      t: temperature ``>= 0`` (scalar or one per row); ``t = 0`` gives ``max(x)``.
+      where: optional boolean mask; masked entries are left out.
+      keepdims: keep the reduced axes with size 1.
+
+    Returns:
+      Array of ``x``'s shape without ``axis`` (or with size-1 axes if ``keepdims``).
+
+    Edges: ``-inf`` entries are ignored; any ``+inf`` gives ``+inf``; an all ``-inf`` or fully
+    masked row gives ``-inf`` with zero gradient; a NaN gives NaN on its row.
+
+    Examples:
+      >>> import jax.numpy as jnp, jaxsoft
+      >>> float(jaxsoft.softargmax_mean(jnp.array([2.0, 2.0, 2.0])))
+      2.0
+    """
+    return _dispatch("mean", "softargmax_mean", x, axis, t, where, keepdims)
+
+
+softmax = softargmax
+log_softmax = log_softargmax

@@ -1,0 +1,114 @@
+"""The analytic Jacobian of softargmax, and O(n) Jacobian-vector products."""
+
+from __future__ import annotations
+
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+from jax.typing import ArrayLike
+
+from jaxsoft import _checks
+from jaxsoft._core import _core, softargmax
+
+
+@partial(jax.jit, static_argnames=("axes",))
+def _jacobian(x, t, where, *, axes):
+    layout, xc, tc, mc, out_dtype = _checks.canonicalize(x, t, where, axes, "softargmax_jacobian")
+    n = layout.n
+    if n == 0:
+        return jnp.zeros(layout.batch + (0, 0), out_dtype)
+    _, p, _ = _core(xc, tc, mc)
+    jac = p[..., :, None] * (jnp.eye(n, dtype=p.dtype) - p[..., None, :])
+    if tc is not None:
+        # At t = 0 the hard argmax is piecewise constant: its derivative is 0 (as in the JVP rule).
+        jac = jnp.where(tc[..., None] == 0, 0, jac / jnp.where(tc == 0, 1, tc)[..., None])
+    return jac.astype(out_dtype)
+
+
+def softargmax_jacobian(
+    x: ArrayLike, axis: _checks.Axis = -1, *, t: ArrayLike = 1.0, where: ArrayLike | None = None
+) -> jax.Array:
+    r"""The analytic Jacobian of :func:`softargmax`, batched.
+
+    .. math::
+        J_{ij} = \frac{\partial p_i}{\partial x_j} = \frac{p_i([i = j] - p_j)}{t},\qquad
+        J = \frac{\mathrm{diag}(p) - p p^\top}{t}
+
+    ``J`` is symmetric, its rows sum to 0 and it is positive semi-definite with null vector ``1``.
+    It costs O(n^2) memory by nature; for products with a vector use :func:`softargmax_jvp`.
+
+    Args:
+      x: input array of shape ``[..., n]`` (or any shape with ``axis`` selecting the reduced axes).
+      axis: int or tuple of ints. The reduced axes are moved last and, if several, flattened in
+        the order of ``x``'s dimensions into one axis of length ``n``.
+      t: temperature ``>= 0`` (scalar or one per row). At ``t = 0`` the Jacobian is 0.
+      where: optional boolean mask; masked rows and columns are 0.
+
+    Returns:
+      Array of shape ``batch + (n, n)``, ``batch`` being ``x``'s non-reduced dimensions in order.
+
+    Examples:
+      >>> import jax.numpy as jnp, jaxsoft
+      >>> jaxsoft.softargmax_jacobian(jnp.array([0.0, 0.0]))
+      Array([[ 0.25, -0.25],
+             [-0.25,  0.25]], dtype=float32)
+    """
+    x, t, where, axes = _checks.prepare("softargmax_jacobian", x, axis, t, where)
+    return _jacobian(x, t, where, axes=axes)
+
+
+def softargmax_jvp(
+    x: ArrayLike,
+    v: ArrayLike,
+    axis: _checks.Axis = -1,
+    *,
+    t: ArrayLike = 1.0,
+    where: ArrayLike | None = None,
+) -> tuple[jax.Array, jax.Array]:
+    r"""``(p, J v)`` for ``p = softargmax(x)``, in O(n): ``J v = p * (v - <p, v>) / t``.
+
+    Args:
+      x: input array; ``v``: tangent of the same shape; other arguments as :func:`softargmax`.
+
+    Returns:
+      ``(p, jv)``, both of ``x``'s shape.
+
+    Examples:
+      >>> import jax.numpy as jnp, jaxsoft
+      >>> p, jv = jaxsoft.softargmax_jvp(jnp.array([0.0, 0.0]), jnp.array([1.0, 0.0]))
+      >>> jv
+      Array([ 0.25, -0.25], dtype=float32)
+    """
+    x = _checks.as_array(x, "softargmax_jvp")
+    v = _checks.as_array(v, "softargmax_jvp", "v")
+    if v.shape != x.shape:
+        raise ValueError(f"softargmax_jvp: v of shape {v.shape} must match x of shape {x.shape}")
+    f = partial(softargmax, axis=axis, t=t, where=where)
+    return jax.jvp(f, (x,), (v.astype(jnp.result_type(x.dtype, float)),))
+
+
+def softargmax_vjp(
+    x: ArrayLike,
+    u: ArrayLike,
+    axis: _checks.Axis = -1,
+    *,
+    t: ArrayLike = 1.0,
+    where: ArrayLike | None = None,
+) -> tuple[jax.Array, jax.Array]:
+    r"""``(p, u^T J)`` for ``p = softargmax(x)``, in O(n). ``J`` is symmetric, so this equals
+    :func:`softargmax_jvp` with ``v = u``; it is computed by reverse mode.
+
+    Examples:
+      >>> import jax.numpy as jnp, jaxsoft
+      >>> p, uj = jaxsoft.softargmax_vjp(jnp.array([0.0, 0.0]), jnp.array([1.0, 0.0]))
+      >>> uj
+      Array([ 0.25, -0.25], dtype=float32)
+    """
+    x = _checks.as_array(x, "softargmax_vjp")
+    u = _checks.as_array(u, "softargmax_vjp", "u")
+    if u.shape != x.shape:
+        raise ValueError(f"softargmax_vjp: u of shape {u.shape} must match x of shape {x.shape}")
+    p, pullback = jax.vjp(partial(softargmax, axis=axis, t=t, where=where), x)
+    (uj,) = pullback(u.astype(p.dtype))
+    return p, uj
