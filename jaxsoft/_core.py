@@ -54,40 +54,62 @@ def _rowsum(a: jax.Array, mask: jax.Array | None) -> jax.Array:
 def _core(x: jax.Array, t: jax.Array | None, mask: jax.Array | None):
     """Return ``(lse, p, logp)`` for canonical ``x``; ``lse`` has shape ``(*batch, 1)``.
 
-    With ``m = max(x)`` over the included entries and ``z = (x - m) / t``, the ``c`` entries equal
-    to ``m`` contribute exactly ``1`` each to ``sum exp(z)``; the others add up to ``s``. Keeping
-    ``s`` apart lets ``log(c + s) = log1p((c - 1) + s)`` keep the digits that ``log(1 + s)`` would
-    round away (SPEC 2.5, 3.2), without an argmax.
+    With ``m = max(x)`` and ``z = (x - m) / t``, the ``c`` entries equal to ``m`` contribute
+    exactly ``1`` each to ``total = sum exp(z)``; the others add up to ``s``. Keeping ``s`` apart
+    lets ``log(total) = log1p(s)`` (when ``c = 1``) keep the digits that ``log(1 + s)`` rounds away
+    (SPEC 2.5, 3.2), without an argmax.
+
+    Why the arithmetic below avoids ``where``: XLA:CPU fuses a reduction with its elementwise
+    producer only when the producer is plain arithmetic (sub, mul, div, min, exp, ...); a select
+    or a compare makes it write the whole ``(batch, n)`` intermediate to memory first, which
+    made this kernel 3-5x slower than ``jax.nn``. So the full-size terms that feed the sums
+    use arithmetic indicators, and every ``where`` acts either on per-row values or in the
+    final elementwise pass that writes the output (where selects are free).
     """
-    if mask is None:
-        m = jnp.max(x, axis=-1, keepdims=True)
-        is_max = x == m
-    else:
-        # A finite fill (not -inf) so finite inputs never produce an inf intermediate.
-        lowest = jnp.finfo(x.dtype).min
-        m = jnp.max(jnp.where(mask, x, lowest), axis=-1, keepdims=True)
-        is_max = mask & (x == m)
-        x = jnp.where(mask, x, m)  # masked entries: z = 0, excluded from every sum below
-    c = jnp.sum(is_max, axis=-1, keepdims=True, dtype=x.dtype)
-    # Empty rows: all -inf, or (with a mask) no included entry. A NaN row is never "empty".
-    empty = (m == _NEG_INF) | ((c == 0) & ~jnp.isnan(m))
-    m_fin = jnp.where(jnp.isfinite(m), m, 0)
-    hard = m == jnp.inf  # the +inf entries share all the mass, as in the t -> 0 limit
-    if t is None:
-        z_soft = x - m_fin
-    else:
-        hard = hard | (t == 0)
-        z_soft = (x - m_fin) / jnp.where(t == 0, 1, t)
-    z = jnp.where(is_max, 0, jnp.where(hard, _NEG_INF, z_soft))
-    e = jnp.exp(z)
-    excluded = is_max if mask is None else is_max | ~mask
-    s = jnp.sum(jnp.where(excluded, 0, e), axis=-1, keepdims=True)
-    log_total = jnp.log1p((c - 1) + s)
+    dtype = x.dtype
+    big = jnp.asarray(jnp.finfo(dtype).max, dtype)
+    two64 = jnp.asarray(2.0**64, dtype)
+    if mask is not None:
+        x = jnp.where(mask, x, _NEG_INF)  # masked entries behave exactly like -inf ones
+    m = jnp.max(x, axis=-1, keepdims=True)
+    # Per-row regimes. "hard": all the mass goes to the entries equal to m (t = 0, or m = +inf).
+    m_pos_inf = m == jnp.inf
+    empty = m == _NEG_INF
+    hard = m_pos_inf if t is None else m_pos_inf | (t == 0)
+    # u = (x - m) / 2 <= 0 in finite rows (halving is exact, so z below is exactly-rounded
+    # (x - m) / t). In a +inf row u = x/2 - big: +inf on the +inf entries, <= -big/2 elsewhere.
+    # z = u / (t/2). In hard rows z = u * 2^64, and the outer factor big pushes every non-max
+    # entry below -1e4 while the maxima stay at exactly 0 (+inf, clamped): exp is then the 0/1
+    # indicator of the maxima. (The minimum between the two scalings keeps XLA from folding
+    # them into one inf factor, which would turn a zero gap into NaN.) The full-size terms
+    # are plain arithmetic, not where(): XLA:CPU fuses a sum with its producer only then.
+    ref = jnp.where(m_pos_inf, big, m * 0.5)
+    tdiv = jnp.where(hard, 1 / two64, 0.5 if t is None else t * 0.5).astype(dtype)
+    outer = jnp.where(hard, big, 1).astype(dtype)
+    u = x * 0.5 - ref
+    z = u / tdiv
+    e = jnp.exp(jnp.minimum(z, 0) * outer)
+    total = jnp.sum(e, axis=-1, keepdims=True)
+    # s: the mass of the non-maximal entries, needed only in soft rows (hard rows use
+    # log(total) below). v = -u > 0 off the maxima, and any positive v, even the smallest
+    # normal one, scaled by 2^64 and then by big exceeds 1, so not_max is exactly 0 on the
+    # maxima and 1 elsewhere. The terms are spelled with their own per-row values (-ref,
+    # -2/t) on purpose: XLA:CPU fuses a sum with its elementwise producer only while no
+    # full-size subexpression (a broadcast included) is shared with the other sum; a shared
+    # one is written to memory first, which made this several times slower than jax.nn.
+    v = x * -0.5 - (-ref)
+    z2 = v * -2 if t is None else v * (-2 / t)
+    not_max = jnp.minimum(1, jnp.minimum(1, v * two64) * big)
+    s = jnp.sum(jnp.exp(z2) * not_max, axis=-1, keepdims=True)
+    # total - s counts the maxima: with a single one log1p(s) keeps what log(1 + s) would lose;
+    # with ties total >= 2 and log(total) is accurate. In hard rows total is the count and s
+    # is not used.
+    log_total = jnp.where(~hard & (total - s < 1.5), jnp.log1p(s), jnp.log(total))
     lse = m + log_total if t is None else m + t * log_total
     lse = jnp.where(empty, _NEG_INF, lse)
-    zero_out = empty if mask is None else empty | ~mask
-    p = jnp.where(zero_out, 0, e / (c + s))
-    logp = jnp.where(zero_out, _NEG_INF, z - log_total)
+    p = jnp.where(empty, 0, e / total)
+    z_out = jnp.where(hard, jnp.where(e > 0, 0, _NEG_INF), z)
+    logp = jnp.where(empty, _NEG_INF, z_out - log_total)
     return lse, p, logp
 
 
@@ -112,7 +134,8 @@ def _core_tangents(x, t, mask, out, dx, dt):
     lse, p, logp = out
     # NaN must stay NaN (it marks a NaN row), so test for -inf rather than for finiteness.
     finite = logp != _NEG_INF
-    logp_fin = jnp.where(finite, logp, 0)
+    with_dt = t is not None and not _is_zero(dt)
+    logp_fin = jnp.where(finite, logp, 0) if with_dt else None
     dlse = jnp.zeros_like(lse)
     g = jnp.zeros_like(x)
     if not _is_zero(dx):
@@ -120,15 +143,17 @@ def _core_tangents(x, t, mask, out, dx, dt):
             dx = jnp.where(mask, dx, 0)
         dlse = dlse + _rowsum(p * dx, mask)
         g = g + dx
-    if t is not None and not _is_zero(dt):
+    if with_dt:
         dlse = dlse - _rowsum(p * logp_fin, mask) * dt
         g = g - logp_fin * dt
     if t is not None:
         g = g / jnp.where(t == 0, 1, t)
-    dlogp = g - _rowsum(p * g, mask)
-    keep = finite if t is None else finite & (t != 0)
-    dlogp = jnp.where(keep, dlogp, 0)
-    return dlse, p * dlogp, dlogp
+    h = g - _rowsum(p * g, mask)
+    if t is not None:
+        h = jnp.where(t == 0, 0, h)
+    # p's tangent does not need log p (p = 0 wherever log p = -inf), so softargmax's gradient
+    # never pays for the log1p reduction.
+    return dlse, p * h, jnp.where(finite, h, 0)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -1,0 +1,59 @@
+"""Shared test configuration: hypothesis profiles and the float64 fixture.
+
+Profiles (pick with ``pytest --hypothesis-profile=NAME`` or ``HYPOTHESIS_PROFILE=NAME``; default "ci"):
+
+* ``ci``: ``CI_EXAMPLES`` examples per property, derandomized so every CI run tries the same inputs,
+  no deadline (the first example of a new shape pays for a jit compile).
+* ``thorough``: ``THOROUGH_EXAMPLES`` examples per property and a wider set of shapes/axes/dtypes;
+  the property suite then totals well over 10,000 examples. Run it before a release.
+"""
+
+from __future__ import annotations
+
+import os
+
+import jax
+import pytest
+from hypothesis import HealthCheck, settings
+
+CI_EXAMPLES = 200
+THOROUGH_EXAMPLES = 5000
+
+# Each example is cheap once its shape is compiled; hypothesis' too_slow/data_too_large checks would
+# only flag the compile of a new shape or our deliberately wide arrays.
+_SUPPRESS = [HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.function_scoped_fixture]
+
+settings.register_profile(
+    "ci",
+    max_examples=CI_EXAMPLES,
+    deadline=None,
+    derandomize=True,
+    print_blob=True,
+    suppress_health_check=_SUPPRESS,
+)
+settings.register_profile(
+    "thorough",
+    max_examples=THOROUGH_EXAMPLES,
+    deadline=None,
+    derandomize=False,
+    print_blob=True,
+    suppress_health_check=_SUPPRESS,
+)
+# hypothesis' pytest plugin loads --hypothesis-profile after this, so the command line wins.
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+
+def thorough() -> bool:
+    """Whether the thorough profile (or any profile at least as large) is active."""
+    return settings().max_examples >= THOROUGH_EXAMPLES
+
+
+@pytest.fixture
+def x64():
+    """Enable float64 for one test and restore the previous setting afterwards."""
+    previous = jax.config.jax_enable_x64
+    jax.config.update("jax_enable_x64", True)
+    try:
+        yield
+    finally:
+        jax.config.update("jax_enable_x64", previous)
