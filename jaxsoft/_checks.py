@@ -216,6 +216,10 @@ def canonicalize(
     cdt = compute_dtype(out_dtype)
     layout = make_layout(x.shape, axes)
     xc = layout.to_canonical(x.astype(cdt))
-    tc = None if t is None else canonical_temperature(t.astype(cdt), layout)
+    tc = None
+    if t is not None:
+        tc = canonical_temperature(t.astype(cdt), layout)
+        # A traced t cannot be checked eagerly: a negative, NaN or infinite one makes its rows NaN.
+        tc = jnp.where((tc >= 0) & (tc < jnp.inf), tc, jnp.nan)
     mc = None if where is None else layout.to_canonical(jnp.broadcast_to(where, x.shape))
     return layout, xc, tc, mc, out_dtype
