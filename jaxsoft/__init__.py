@@ -13,10 +13,32 @@ from jaxsoft._core import (
     softmax,
 )
 from jaxsoft._jacobian import softargmax_jacobian, softargmax_jvp, softargmax_vjp
+from jaxsoft.calibration import expected_calibration_error, fit_temperature
+from jaxsoft.gumbel import gumbel_softargmax
+from jaxsoft.large_vocab import chunked_logsumexp, linear_cross_entropy
+from jaxsoft.losses import (
+    cross_entropy,
+    cross_entropy_with_probs,
+    mean_over_valid,
+    sigmoid_cross_entropy,
+)
+from jaxsoft.sharded import sharded_cross_entropy, sharded_linear_cross_entropy, sharded_logsumexp
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "chunked_logsumexp",
+    "linear_cross_entropy",
+    "sharded_cross_entropy",
+    "sharded_linear_cross_entropy",
+    "sharded_logsumexp",
+    "cross_entropy",
+    "cross_entropy_with_probs",
+    "expected_calibration_error",
+    "fit_temperature",
+    "mean_over_valid",
+    "sigmoid_cross_entropy",
+    "gumbel_softargmax",
     "log_softargmax",
     "log_softmax",
     "logsumexp",

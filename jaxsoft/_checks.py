@@ -24,7 +24,10 @@ def canonicalize_axis(axis: Axis, ndim: int, *, name: str = "axis") -> tuple[int
     """Return ``axis`` as a sorted-by-appearance tuple of non-negative ints, validating it."""
     if axis is None:
         return tuple(range(ndim))
-    axes = (axis,) if isinstance(axis, (int, np.integer)) else tuple(axis)
+    try:
+        axes = (axis,) if isinstance(axis, (int, np.integer)) else tuple(axis)
+    except TypeError:
+        raise TypeError(f"{name} must be an int or a tuple of ints, got {axis!r}") from None
     out = []
     for a in axes:
         if isinstance(a, bool) or not isinstance(a, (int, np.integer)):

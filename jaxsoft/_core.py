@@ -83,13 +83,18 @@ def _core(x: jax.Array, t: jax.Array | None, mask: jax.Array | None):
     # indicator of the maxima. (The minimum between the two scalings keeps XLA from folding
     # them into one inf factor, which would turn a zero gap into NaN.) The full-size terms
     # are plain arithmetic, not where(): XLA:CPU fuses a sum with its producer only then.
-    ref = jnp.where(m_pos_inf, big, m * 0.5)
+    # An all -inf row shifts by 0, so that u = -inf there rather than -inf - (-inf) = NaN.
+    ref = jnp.where(m_pos_inf, big, jnp.where(empty, 0, m * 0.5))
     tdiv = jnp.where(hard, 1 / two64, 0.5 if t is None else t * 0.5).astype(dtype)
     outer = jnp.where(hard, big, 1).astype(dtype)
     u = x * 0.5 - ref
     z = u / tdiv
-    e = jnp.exp(jnp.minimum(z, 0) * outer)
+    # XLA:CPU's fused max reduction and minimum drop NaN on long rows (an all-NaN row of 4096
+    # has max -inf), so a NaN is carried into e explicitly: 0 * 1/(1 + |u|) is 0 for every u
+    # but NaN, +-inf included, and stays inside the fused sum (unlike isnan or sign).
+    e = jnp.exp(jnp.minimum(z, 0) * outer) + 0 * (1 / (1 + jnp.abs(u)))
     total = jnp.sum(e, axis=-1, keepdims=True)
+    empty = empty & ~jnp.isnan(total)  # an all-NaN row can look empty to the max reduction
     # s: the mass of the non-maximal entries, needed only in soft rows (hard rows use
     # log(total) below). v = -u > 0 off the maxima, and any positive v, even the smallest
     # normal one, scaled by 2^64 and then by big exceeds 1, so not_max is exactly 0 on the
@@ -110,6 +115,9 @@ def _core(x: jax.Array, t: jax.Array | None, mask: jax.Array | None):
     p = jnp.where(empty, 0, e / total)
     z_out = jnp.where(hard, jnp.where(e > 0, 0, _NEG_INF), z)
     logp = jnp.where(empty, _NEG_INF, z_out - log_total)
+    if mask is not None:  # a NaN row's masked entries stay 0 / -inf
+        p = jnp.where(mask, p, 0)
+        logp = jnp.where(mask, logp, _NEG_INF)
     return lse, p, logp
 
 
@@ -127,9 +135,9 @@ def _core_tangents(x, t, mask, out, dx, dt):
     """Tangents of ``(lse, p, logp)``, O(n), built from the primal outputs only.
 
     ``d lse = <p, dx> + H(p) dt`` with ``H(p) = -<p, log p>``;
-    ``d log p_i = g_i - <p, g>`` with ``g = (dx - log p * dt) / t``; ``d p = p * d log p``.
-    Entries whose ``log p`` is ``-inf`` (excluded, ``-inf`` logits, losers of a hard argmax) are
-    constants, so their tangents are 0; so are p's and log p's at ``t = 0``.
+    ``d log p_i = g_i - <p, g>`` with ``g = (dx - log p * dt) / t``, and ``<p, g> = d lse / t``;
+    ``d p = p * d log p``. Entries whose ``log p`` is ``-inf`` (excluded, ``-inf`` logits, losers
+    of a hard argmax) are constants, so their tangents are 0; so are p's and log p's at ``t = 0``.
     """
     lse, p, logp = out
     # NaN must stay NaN (it marks a NaN row), so test for -inf rather than for finiteness.
@@ -146,14 +154,16 @@ def _core_tangents(x, t, mask, out, dx, dt):
     if with_dt:
         dlse = dlse - _rowsum(p * logp_fin, mask) * dt
         g = g - logp_fin * dt
-    if t is not None:
-        g = g / jnp.where(t == 0, 1, t)
-    h = g - _rowsum(p * g, mask)
-    if t is not None:
-        h = jnp.where(t == 0, 0, h)
+    if t is None:
+        h = g - dlse
+    else:
+        t_safe = jnp.where(t == 0, 1, t)
+        # <p, g> is dlse / t: no second sum, and no 0 * inf where log p * dt / t overflows.
+        h = jnp.where(t == 0, 0, g / t_safe - dlse / t_safe)
     # p's tangent does not need log p (p = 0 wherever log p = -inf), so softargmax's gradient
-    # never pays for the log1p reduction.
-    return dlse, p * h, jnp.where(finite, h, 0)
+    # never pays for the log1p reduction; where p = 0, h may be inf (a huge log p), so p * h
+    # is taken as 0 there rather than NaN. NaN rows keep NaN (NaN == 0 is False).
+    return dlse, jnp.where(p == 0, 0, p * h), jnp.where(finite, h, 0)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -178,8 +188,12 @@ def _wmean_jvp(primals, tangents):
     out = _core(x, t, mask)
     p = out[1]
     _, dp, _ = _core_tangents(x, t, mask, out, dx, dt)
-    # In a +inf row x - w is inf - inf; the centred term's limit there is 0.
-    centred = jnp.where((p > 0) & (w < jnp.inf), x - w, 0)
+    # Centre on w computed from differences to the row max: x - w itself can carry the rounding
+    # of a huge w, which dp ~ 1/t would magnify (tied maxima near float max, tiny t). In a +inf
+    # row the centred term's limit is 0.
+    m = jnp.max(jnp.where(p > 0, x, _NEG_INF), axis=-1, keepdims=True)
+    d = jnp.where(p > 0, x - jnp.where(jnp.isfinite(m), m, 0), 0)
+    centred = jnp.where((p > 0) & (w < jnp.inf), d - _rowsum(p * d, mask), 0)
     dw = _rowsum(centred * dp, mask)
     if not _is_zero(dx):
         dw = dw + _rowsum(p * (dx if mask is None else jnp.where(mask, dx, 0)), mask)

@@ -41,7 +41,7 @@ def softargmax_jacobian(
     Args:
       x: input array of shape ``[..., n]`` (or any shape with ``axis`` selecting the reduced axes).
       axis: int or tuple of ints. The reduced axes are moved last and, if several, flattened in
-        the order of ``x``'s dimensions into one axis of length ``n``.
+        the order given in ``axis`` into one axis of length ``n`` (as for a tuple ``axis`` in losses).
       t: temperature ``>= 0`` (scalar or one per row). At ``t = 0`` the Jacobian is 0.
       where: optional boolean mask; masked rows and columns are 0.
 
@@ -80,7 +80,9 @@ def softargmax_jvp(
       >>> jv
       Array([ 0.25, -0.25], dtype=float32)
     """
-    x = _checks.as_array(x, "softargmax_jvp")
+    # Validate under this function's name, so errors name the function that was called.
+    x = _checks.prepare("softargmax_jvp", x, axis, t, where).x
+    x = x.astype(_checks.result_dtype(x, "softargmax_jvp"))  # int/bool x: jvp needs a float primal
     v = _checks.as_array(v, "softargmax_jvp", "v")
     if v.shape != x.shape:
         raise ValueError(f"softargmax_jvp: v of shape {v.shape} must match x of shape {x.shape}")
@@ -105,7 +107,9 @@ def softargmax_vjp(
       >>> uj
       Array([ 0.25, -0.25], dtype=float32)
     """
-    x = _checks.as_array(x, "softargmax_vjp")
+    # Validate under this function's name, so errors name the function that was called.
+    x = _checks.prepare("softargmax_vjp", x, axis, t, where).x
+    x = x.astype(_checks.result_dtype(x, "softargmax_vjp"))  # int/bool x: jvp needs a float primal
     u = _checks.as_array(u, "softargmax_vjp", "u")
     if u.shape != x.shape:
         raise ValueError(f"softargmax_vjp: u of shape {u.shape} must match x of shape {x.shape}")

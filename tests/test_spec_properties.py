@@ -10,7 +10,11 @@ import pytest
 import jaxsoft as js
 from tests import reference as ref
 
-RNG = np.random.default_rng(0)
+
+def _rng():
+    """A fresh seeded generator: inputs must not depend on which tests ran before (xdist)."""
+    return np.random.default_rng(0)
+
 
 
 def _identity(f):
@@ -45,7 +49,7 @@ def test_1_1_softargmax_is_a_distribution(transform, shape, axis, t):
     if transform is _vmapped and (axis == 0 or isinstance(axis, tuple)):
         pytest.skip("vmap maps over axis 0")
     batched = transform is _vmapped
-    x = jnp.asarray(RNG.normal(size=(4,) + shape if batched else shape) * 5, jnp.float32)
+    x = jnp.asarray(_rng().normal(size=(4,) + shape if batched else shape) * 5, jnp.float32)
     p = transform(lambda x: js.softargmax(x, axis=axis, t=t))(x)
     assert p.shape == x.shape and p.dtype == jnp.float32
     assert bool(jnp.all((p >= 0) & (p <= 1)))
@@ -55,7 +59,7 @@ def test_1_1_softargmax_is_a_distribution(transform, shape, axis, t):
 
 
 def test_1_2_softargmax_is_monotone():
-    x = jnp.asarray(RNG.normal(size=(50, 9)), jnp.float32)
+    x = jnp.asarray(_rng().normal(size=(50, 9)), jnp.float32)
     p = js.softargmax(x, t=0.3)
     order = jnp.argsort(x, axis=-1)
     p_sorted = jnp.take_along_axis(p, order, axis=-1)
@@ -64,7 +68,7 @@ def test_1_2_softargmax_is_monotone():
 
 @pytest.mark.parametrize("c", [-1e4, 3.0, 1e30])
 def test_1_3_shift_invariance_and_no_overflow(c):
-    x = jnp.asarray(RNG.normal(size=(6, 8)), jnp.float32) * 5
+    x = jnp.asarray(_rng().normal(size=(6, 8)), jnp.float32) * 5
     base = js.softargmax(x)
     shifted = js.softargmax(x + jnp.float32(c))
     assert bool(jnp.all(jnp.isfinite(shifted)))
@@ -86,7 +90,7 @@ def test_1_4_two_class_softargmax_is_sigmoid(y):
 
 
 def test_1_5_jacobian_is_symmetric_rows_sum_zero_psd(x64):
-    x = jnp.asarray(RNG.normal(size=(3, 6)))
+    x = jnp.asarray(_rng().normal(size=(3, 6)))
     for t in [0.1, 1.0, 7.0]:
         jac = js.softargmax_jacobian(x, t=t)
         np.testing.assert_allclose(jac, jnp.swapaxes(jac, -1, -2), atol=1e-15)
@@ -132,7 +136,7 @@ def test_1_6_t_to_inf_is_uniform_over_S():
 
 
 def test_1_6_entropy_is_non_decreasing_in_t():
-    x = jnp.asarray(RNG.normal(size=(5, 10)) * 3, jnp.float32)
+    x = jnp.asarray(_rng().normal(size=(5, 10)) * 3, jnp.float32)
     ts = jnp.logspace(-2, 3, 60)
 
     def entropy(t):
@@ -146,7 +150,7 @@ def test_1_6_entropy_is_non_decreasing_in_t():
 
 @pytest.mark.parametrize("t", [0.05, 0.7, 20.0])
 def test_1_7_derivative_in_t(x64, t):
-    x = jnp.asarray(RNG.normal(size=(4, 6)))
+    x = jnp.asarray(_rng().normal(size=(4, 6)))
     dp_dt = jax.jacfwd(lambda t: js.softargmax(x, t=t))(t)
     p = js.softargmax(x, t=t)
     expected = -p * (x - jnp.sum(p * x, -1, keepdims=True)) / t**2
@@ -159,8 +163,8 @@ def test_1_7_derivative_in_t(x64, t):
 
 @pytest.mark.parametrize("t", [1e-3, 0.5, 1.0, 30.0])
 def test_2_1_smooth_maximum_bounds(t):
-    x = jnp.asarray(RNG.normal(size=(20, 7)) * 4, jnp.float32)
-    w = jnp.asarray(RNG.random(size=(20, 7)) < 0.8).at[:, 0].set(True)
+    x = jnp.asarray(_rng().normal(size=(20, 7)) * 4, jnp.float32)
+    w = jnp.asarray(_rng().random(size=(20, 7)) < 0.8).at[:, 0].set(True)
     lse = js.logsumexp(x, t=t, where=w)
     mx = jnp.max(jnp.where(w, x, -jnp.inf), -1)
     size = w.sum(-1)
@@ -175,7 +179,7 @@ def test_2_1_logsumexp_tends_to_max():
 
 
 def test_2_2_shift_equivariance_and_monotone():
-    x = jnp.asarray(RNG.normal(size=(5, 8)), jnp.float32)
+    x = jnp.asarray(_rng().normal(size=(5, 8)), jnp.float32)
     for a in [-100.0, 2.5, 1e3]:
         np.testing.assert_allclose(js.logsumexp(x + a), js.logsumexp(x) + a, rtol=1e-6, atol=1e-4)
     bumped = x.at[:, 3].add(0.5)
@@ -190,7 +194,7 @@ def test_2_3_logsumexp_does_not_keep_f_aaa_equal_a(a):
 
 @pytest.mark.parametrize("t", [0.05, 1.0, 20.0])
 def test_2_4_gradient_is_softargmax_and_hessian_is_jacobian(x64, t):
-    x = jnp.asarray(RNG.normal(size=(6,)))
+    x = jnp.asarray(_rng().normal(size=(6,)))
     p = js.softargmax(x, t=t)
     np.testing.assert_allclose(jax.grad(lambda x: js.logsumexp(x, t=t))(x), p, rtol=1e-12)
     hess = jax.hessian(lambda x: js.logsumexp(x, t=t))(x)
@@ -204,7 +208,7 @@ def test_2_5_logsumexp_keeps_the_small_part(x64):
 
 def test_2_5_float32_logsumexp_within_2_ulp():
     x = np.concatenate(
-        [RNG.normal(size=(40, 16)) * 3, RNG.normal(size=(20, 16)) * 30 - 50, np.tile([[0.0, -20.0]], (1, 8))]
+        [_rng().normal(size=(40, 16)) * 3, _rng().normal(size=(20, 16)) * 30 - 50, np.tile([[0.0, -20.0]], (1, 8))]
     ).astype(np.float32)
     got = np.asarray(js.logsumexp(jnp.asarray(x)))
     err = ref.ulp_error(got, ref.logsumexp(x))
@@ -216,7 +220,7 @@ def test_2_5_float32_logsumexp_within_2_ulp():
 
 @pytest.mark.parametrize("t", [0.3, 1.0, 4.0])
 def test_3_1_log_softargmax_is_x_over_t_minus_logsumexp(t):
-    x = jnp.asarray(RNG.normal(size=(6, 5)), jnp.float32)
+    x = jnp.asarray(_rng().normal(size=(6, 5)), jnp.float32)
     expected = x / t - js.logsumexp(x / t, keepdims=True)
     np.testing.assert_allclose(js.log_softargmax(x, t=t), expected, rtol=1e-5, atol=1e-6)
 
@@ -239,7 +243,7 @@ def test_3_2_dominant_logit_keeps_its_log_probability():
 def test_3_2_log_softargmax_within_4_ulp_relative():
     # Logits on a 2^-12 grid: every difference x_j - m is exact in float32, so the error
     # measured is the algorithm's own (exp, the sum, log1p), including log p near -1e-13.
-    grid = np.round(RNG.normal(size=(200, 3)) * 4 * 4096) / 4096
+    grid = np.round(_rng().normal(size=(200, 3)) * 4 * 4096) / 4096
     x = np.concatenate(
         [
             np.array([[0.0, -30.0, -40.0], [0.0, -25.0, -31.0], [5.0, -20.0, 4.0], [1.0, 1.0, -28.0]]),
@@ -256,7 +260,7 @@ def test_3_2_log_softargmax_arbitrary_float32_within_8_ulp():
     # For arbitrary float32 logits x_j - m is itself rounded (half an ulp of |x_j - m|), and
     # exp turns that into a relative error of |x_j - m| * 2^-25 in the dominant log p: the
     # float64 reference sees the exact difference. That costs up to ~4 more ulp.
-    x = (RNG.normal(size=(2000, 3)) * 4).astype(np.float32)
+    x = (_rng().normal(size=(2000, 3)) * 4).astype(np.float32)
     got = np.asarray(js.log_softargmax(jnp.asarray(x)))
     err = ref.ulp_error(got, ref.log_softargmax(x))
     assert err.max() <= 8.0, err.max()
@@ -267,7 +271,7 @@ def test_3_2_log_softargmax_arbitrary_float32_within_8_ulp():
 
 def test_4_1_mean_keeps_f_aaa_and_shift_and_is_below_max():
     np.testing.assert_allclose(js.softargmax_mean(jnp.full((3,), 2.5)), 2.5, rtol=1e-7)
-    x = jnp.asarray(RNG.normal(size=(10, 6)), jnp.float32)
+    x = jnp.asarray(_rng().normal(size=(10, 6)), jnp.float32)
     np.testing.assert_allclose(js.softargmax_mean(x + 3.0), js.softargmax_mean(x) + 3.0, rtol=1e-5)
     assert bool(jnp.all(js.softargmax_mean(x, t=0.5) <= x.max(-1)))
     assert bool(jnp.all(js.softargmax_mean(x) <= js.logsumexp(x)))
@@ -275,7 +279,7 @@ def test_4_1_mean_keeps_f_aaa_and_shift_and_is_below_max():
 
 @pytest.mark.parametrize("t", [0.05, 1.0, 20.0])
 def test_4_2_mean_gradient(x64, t):
-    x = jnp.asarray(RNG.normal(size=(7,)))
+    x = jnp.asarray(_rng().normal(size=(7,)))
     p = js.softargmax(x, t=t)
     expected = p * (1 + (x - jnp.dot(p, x)) / t)
     np.testing.assert_allclose(jax.grad(lambda x: js.softargmax_mean(x, t=t))(x), expected, rtol=1e-10, atol=1e-14)

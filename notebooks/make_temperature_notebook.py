@@ -1,6 +1,6 @@
 """Build notebooks/temperature.ipynb from the cells below, then execute it in place to embed outputs.
 
-Run from the repository root: ``.venv/bin/python notes/make_temperature_notebook.py``.
+Run from the repository root: ``.venv/bin/python notebooks/make_temperature_notebook.py``.
 Edit the notebook by editing this file and re-running it, so the stored outputs always come from
 one clean top-to-bottom run (the same run tests/test_notebook.py does).
 """

@@ -1,0 +1,156 @@
+"""Turn the peer tables into ready-to-time candidates for one (dtype, shape).
+
+A candidate is one (function family, implementation, mode) with a zero-argument callable that runs
+it once on fixed inputs. JAX candidates are compiled ahead of time with
+``jax.jit(f).lower(...).compile()``, so the same executable is timed and has its memory analysed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from bench import peers
+
+FORWARD = "forward"
+VALUE_AND_GRAD = "value_and_grad"
+MODES = (FORWARD, VALUE_AND_GRAD)
+X2 = "x*2.0"  # the memory-bound reference: one read and one write of x
+
+
+@dataclass(frozen=True)
+class Inputs:
+    x: jax.Array  # (batch, n) logits
+    g: jax.Array  # (batch, n) fixed cotangent weights for vector-valued functions
+    g_row: jax.Array  # (batch,) the same for row reductions
+    labels: jax.Array  # (batch,) int32 class indices
+
+
+@dataclass
+class Candidate:
+    family: str  # one of peers.FAMILIES, or X2
+    impl: str  # "jaxsoft", "jax.nn", "optax", "scipy", "numpy", "torch", or X2
+    mode: str  # FORWARD or VALUE_AND_GRAD
+    call: Callable[[], Any]
+    compiled: Any = None  # jax.stages.Compiled for JAX candidates
+
+
+def make_inputs(shape: tuple[int, int], dtype, seed: int = 0) -> Inputs:
+    kx, kg, kr, kl = jax.random.split(jax.random.key(seed), 4)
+    batch, n = shape
+    # Scale 3 gives softmax outputs spread over many orders of magnitude, as trained logits do.
+    x = (3 * jax.random.normal(kx, shape, jnp.float32)).astype(dtype)
+    g = jax.random.normal(kg, shape, jnp.float32).astype(dtype)
+    g_row = jax.random.normal(kr, (batch,), jnp.float32).astype(dtype)
+    labels = jax.random.randint(kl, (batch,), 0, n, jnp.int32)
+    return Inputs(*jax.block_until_ready((x, g, g_row, labels)))
+
+
+def _compiled(fn: Callable, args: tuple) -> tuple[Callable[[], Any], Any]:
+    compiled = jax.jit(fn).lower(*args).compile()
+    return (lambda: compiled(*args)), compiled
+
+
+def _jax_candidates(family: str, impl: str, f: Callable, inp: Inputs) -> list[Candidate]:
+    if family == "cross_entropy":
+        fwd_args = (inp.x, inp.labels)
+
+        def loss(x, labels):
+            return jnp.mean(f(x, labels))
+
+        vg_args = (inp.x, inp.labels)
+    else:
+        fwd_args = (inp.x,)
+        g = inp.g_row if family in ("logsumexp", "softargmax_mean") else inp.g
+
+        def loss(x, g):
+            return jnp.sum(f(x) * g)
+
+        vg_args = (inp.x, g)
+    out = []
+    for mode, fn, args in (
+        (FORWARD, f, fwd_args),
+        (VALUE_AND_GRAD, jax.value_and_grad(loss), vg_args),
+    ):
+        call, compiled = _compiled(fn, args)
+        out.append(Candidate(family, impl, mode, call, compiled))
+    return out
+
+
+def _torch_candidates(torch, inp: Inputs) -> list[Candidate]:
+    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[inp.x.dtype.name]
+
+    def tensor(a):
+        return torch.from_numpy(np.asarray(a, np.float32)).to(dtype)
+
+    x, g, g_row = tensor(inp.x), tensor(inp.g), tensor(inp.g_row)
+    labels = torch.from_numpy(np.asarray(inp.labels).astype(np.int64))
+    out = []
+    for family, f in peers.torch_table(torch).items():
+        if family == "cross_entropy":
+            fwd = lambda f=f: f(x, labels)
+
+            def vg(f=f):
+                xg = x.detach().requires_grad_(True)
+                value = torch.mean(f(xg, labels))
+                value.backward()
+                return value.detach(), xg.grad
+        else:
+            w = g_row if family in ("logsumexp", "softargmax_mean") else g
+            fwd = lambda f=f: f(x)
+
+            def vg(f=f, w=w):
+                xg = x.detach().requires_grad_(True)
+                value = torch.sum(f(xg) * w)
+                value.backward()
+                return value.detach(), xg.grad
+
+        fwd = _no_grad(torch, fwd)
+        fwd(), vg()  # fail here, at setup, if this torch build lacks an op for this dtype
+        out.append(Candidate(family, "torch", FORWARD, fwd))
+        out.append(Candidate(family, "torch", VALUE_AND_GRAD, vg))
+    return out
+
+
+def _no_grad(torch, fn):
+    def call():
+        with torch.no_grad():
+            return fn()
+
+    return call
+
+
+def build(inp: Inputs) -> tuple[list[Candidate], list[str]]:
+    """Every candidate for these inputs, and notes on what was left out and why."""
+    notes = []
+    cands = []
+    call, compiled = _compiled(lambda x: x * 2.0, (inp.x,))
+    cands.append(Candidate(X2, X2, FORWARD, call, compiled))
+    for impl, table in (
+        (peers.OURS, peers.ours()),
+        ("jax.nn", peers.jax_nn()),
+        ("optax", peers.optax_losses()),
+    ):
+        for family, f in table.items():
+            cands += _jax_candidates(family, impl, f, inp)
+    if inp.x.dtype == jnp.float32:
+        x_host = np.asarray(inp.x)
+        for impl, table in (("scipy", peers.scipy_host()), ("numpy", peers.numpy_host())):
+            for family, f in table.items():
+                cands.append(Candidate(family, impl, FORWARD, (lambda f=f: f(x_host))))
+    else:
+        notes.append(
+            f"scipy/numpy peers skipped for {inp.x.dtype}: NumPy has no native {inp.x.dtype}"
+        )
+    torch = peers.torch_module()
+    if torch is not None:
+        try:
+            cands += _torch_candidates(torch, inp)
+        except (RuntimeError, TypeError, ValueError, KeyError) as e:  # optional: note and go on
+            notes.append(f"torch peers skipped for {inp.x.dtype}: {e!r}")
+    return cands, notes

@@ -1,0 +1,1 @@
+"""Runnable examples: ``python -m jaxsoft.examples.train_digits``."""

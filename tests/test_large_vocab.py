@@ -1,0 +1,297 @@
+"""Chunked log-sum-exp and the fused linear cross-entropy against their unchunked references.
+
+References: :func:`jaxsoft.logsumexp` and :func:`jaxsoft.losses.cross_entropy` on the materialised
+``h @ W + bias`` (themselves tested against float64/mpmath references elsewhere), plus NumPy float64
+where a value is checked directly.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.test_util import check_grads
+
+import jaxsoft
+from jaxsoft.large_vocab import chunked_logsumexp, linear_cross_entropy
+from jaxsoft.losses import cross_entropy
+
+V = 37
+# divides V? no (5, 8), equal (37), exceeds (100), one entry per step (1); 4 does not divide 37
+# either, so V = 36 below adds chunk sizes that divide.
+CHUNKS = [1, 5, 8, 37, 100]
+
+
+def _close(a, b, rtol=2e-5, atol=2e-5):
+    np.testing.assert_allclose(np.asarray(a, np.float64), np.asarray(b, np.float64), rtol=rtol, atol=atol)
+
+
+# --------------------------------------------------------------------------------------------------
+# chunked_logsumexp
+# --------------------------------------------------------------------------------------------------
+
+
+def _edge_rows():
+    x = np.array(3 * np.random.default_rng(0).normal(size=(8, V)), np.float32)
+    x[1, [3, 20]] = -np.inf  # some -inf
+    x[2, [0, 30]] = np.inf  # two +inf
+    x[3] = -np.inf  # empty row
+    x[4, 17] = np.nan  # NaN row
+    x[5] = 1e30  # huge ties
+    x[6, :] = 0.0
+    x[6, 36] = 40.0  # a dominant last entry (in the clamped last chunk)
+    return jnp.asarray(x)
+
+
+@pytest.mark.parametrize("chunk, t", [(1, 1.0), (5, 0.5), (8, 0.0), (8, 1.0), (37, 0.5), (100, 1.0)])
+def test_chunked_logsumexp_matches_logsumexp_values_and_grads(chunk, t):
+    x = _edge_rows()
+    got = chunked_logsumexp(x, chunk_size=chunk, t=t)
+    want = jaxsoft.logsumexp(x, t=t)
+    _close(got, want, rtol=1e-6, atol=0)
+    g_got = jax.grad(lambda x: chunked_logsumexp(x, chunk_size=chunk, t=t).sum())(x)
+    g_want = jax.grad(lambda x: jaxsoft.logsumexp(x, t=t).sum())(x)
+    _close(g_got, g_want, atol=1e-6)
+    # The NaN stays on its row: every other row's gradient is finite.
+    assert np.isfinite(np.delete(np.asarray(g_got), 4, axis=0)).all()
+
+
+@pytest.mark.parametrize("chunk", [9, 50])  # 9 divides 36
+def test_chunked_logsumexp_temperature_derivative_and_per_row_t(chunk):
+    x = 3 * jax.random.normal(jax.random.PRNGKey(1), (3, 36))
+    t = jnp.array([0.3, 1.0, 2.5])
+    got = jax.grad(lambda t: chunked_logsumexp(x, chunk_size=chunk, t=t).sum())(t)
+    want = jax.grad(lambda t: jaxsoft.logsumexp(x, t=t).sum())(t)
+    _close(got, want)
+
+
+@pytest.mark.parametrize("transform", ["plain", "jit", "vmap"])
+def test_chunked_logsumexp_where_axis_tuple_and_transforms(transform):
+    x = 3 * jax.random.normal(jax.random.PRNGKey(2), (2, 4, 9))
+    mask = jax.random.bernoulli(jax.random.PRNGKey(3), 0.7, x.shape).at[1, 2].set(False)
+    x = x.at[0, 0, 0].set(jnp.nan)
+    mask = mask.at[0, 0, 0].set(False)  # a masked NaN changes nothing
+
+    def f(x, m):
+        return chunked_logsumexp(x, axis=(2, 0), chunk_size=5, where=m, keepdims=True)
+
+    if transform == "jit":
+        f = jax.jit(f)
+    if transform == "vmap":
+        got = jax.vmap(lambda x, m: chunked_logsumexp(x, axis=1, chunk_size=5, where=m), in_axes=1)(x, mask)
+        want = jax.vmap(lambda x, m: jaxsoft.logsumexp(x, axis=1, where=m), in_axes=1)(x, mask)
+    else:
+        got, want = f(x, mask), jaxsoft.logsumexp(x, axis=(2, 0), where=mask, keepdims=True)
+    _close(got, want, rtol=1e-6)
+
+
+def test_chunked_logsumexp_keeps_log1p_accuracy_and_empty_axis(x64):
+    x = jnp.array([0.0, -40.0, -50.0], jnp.float64)
+    got = float(chunked_logsumexp(x, chunk_size=1))
+    assert abs(got - (np.exp(-40.0) + np.exp(-50.0))) < 1e-30
+    assert float(chunked_logsumexp(jnp.zeros((0,)), chunk_size=3)) == -np.inf
+
+
+def test_chunked_logsumexp_check_grads_float64(x64):
+    x = jax.random.normal(jax.random.PRNGKey(4), (3, 11), jnp.float64)
+    check_grads(lambda x: chunked_logsumexp(x, chunk_size=4, t=0.7), (x,), order=1, modes=("fwd", "rev"))
+
+
+def test_chunked_logsumexp_bf16_returns_bf16_accumulated_in_f32():
+    x = jax.random.normal(jax.random.PRNGKey(5), (2, 4096)).astype(jnp.bfloat16)
+    got = chunked_logsumexp(x, chunk_size=1000)
+    assert got.dtype == jnp.bfloat16
+    _close(got, jaxsoft.logsumexp(x), rtol=1e-2)
+
+
+def test_chunked_logsumexp_rejects_bad_chunk_size():
+    with pytest.raises(ValueError, match="chunk_size"):
+        chunked_logsumexp(jnp.ones(3), chunk_size=0)
+    with pytest.raises(TypeError, match="chunk_size"):
+        chunked_logsumexp(jnp.ones(3), chunk_size=2.0)
+
+
+# --------------------------------------------------------------------------------------------------
+# linear_cross_entropy
+# --------------------------------------------------------------------------------------------------
+
+
+def _head(v=V, n=6, d=5, seed=0):
+    k = jax.random.split(jax.random.PRNGKey(seed), 4)
+    h = jax.random.normal(k[0], (n, d))
+    W = 2 * jax.random.normal(k[1], (d, v))
+    b = jax.random.normal(k[2], (v,))
+    labels = jax.random.randint(k[3], (n,), 0, v).at[0].set(v - 1).at[1].set(0)
+    return h, W, b, labels
+
+
+OPTIONS = [
+    dict(),
+    dict(label_smoothing=1.0),
+    dict(t=0.5),
+    dict(t=2.0, label_smoothing=0.3, ignore_index=3),
+]
+
+
+def _both(h, W, b, labels, chunk, opts):
+    opts = dict(opts)
+    t = opts.pop("t", 1.0)
+    labels = labels.at[2].set(3) if "ignore_index" in opts else labels
+
+    def fused(h, W, b, t):
+        return linear_cross_entropy(h, W, labels, bias=b, chunk_size=chunk, t=t, **opts)
+
+    def ref(h, W, b, t):
+        return cross_entropy(h @ W + b, labels, t=t, **opts)
+
+    wts = jnp.linspace(0.5, 1.5, labels.shape[0])
+
+    def run(f):
+        # A weighted sum, so that each row's gradient is checked, not just their total.
+        def total(*a):
+            loss = f(*a)
+            return jnp.sum(wts * loss), loss
+
+        (_, loss), grads = jax.jit(jax.value_and_grad(total, argnums=(0, 1, 2, 3), has_aux=True))(
+            h, W, b, jnp.float32(t)
+        )
+        return loss, grads
+
+    return run(fused), run(ref)
+
+
+CASES = [(5, o) for o in OPTIONS] + [(c, OPTIONS[-1]) for c in (1, 37, 100)]
+
+
+@pytest.mark.parametrize(
+    "chunk, opts", CASES, ids=[f"{c}-" + (",".join(f"{k}={v}" for k, v in o.items()) or "plain") for c, o in CASES]
+)
+def test_linear_cross_entropy_matches_cross_entropy_on_materialised_logits(chunk, opts):
+    h, W, b, labels = _head()
+    (loss, grads), (loss_ref, grads_ref) = _both(h, W, b, labels, chunk, opts)
+    _close(loss, loss_ref, rtol=1e-5, atol=1e-5)
+    for g, r in zip(grads, grads_ref):
+        _close(g, r, rtol=1e-4, atol=1e-5)
+    if "ignore_index" in opts:
+        assert float(loss[2]) == 0.0 and float(jnp.abs(grads[0][2]).max()) == 0.0
+
+
+@pytest.mark.parametrize("chunk", [4])  # divides V = 36
+def test_linear_cross_entropy_with_dividing_chunks(chunk):
+    h, W, b, labels = _head(v=36, seed=1)
+    (loss, grads), (loss_ref, grads_ref) = _both(h, W, b, labels, chunk, dict(label_smoothing=0.2))
+    _close(loss, loss_ref, rtol=1e-5, atol=1e-5)
+    for g, r in zip(grads, grads_ref):
+        _close(g, r, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("chunk", [8])
+def test_linear_cross_entropy_masked_vocab_padding_by_minus_inf_bias(chunk):
+    # A vocabulary padded from 33 to 37 columns: the padding is removed by a -inf bias.
+    h, W, b, labels = _head(seed=2)
+    labels = labels % 33
+    b = b.at[33:].set(-jnp.inf)
+    (loss, grads), (loss_ref, grads_ref) = _both(h, W, b, labels, chunk, dict())
+    _close(loss, loss_ref, rtol=1e-5, atol=1e-5)
+    for g, r in zip(grads, grads_ref):
+        _close(g, r, rtol=1e-4, atol=1e-5)
+    assert float(jnp.abs(grads[1][:, 33:]).max()) == 0.0
+    # ... and equals the loss over the 33 real columns alone.
+    _close(loss, cross_entropy(h @ W[:, :33] + b[:33], labels), rtol=1e-5, atol=1e-5)
+
+
+def test_linear_cross_entropy_label_on_minus_inf_column_is_inf_with_zero_grads():
+    h, W, b, labels = _head(seed=3)
+    b = b.at[labels[4]].set(-jnp.inf)
+    f = lambda h, W, b: linear_cross_entropy(h, W, labels, bias=b, chunk_size=8)
+    loss = f(h, W, b)
+    assert float(loss[4]) == np.inf and np.isfinite(np.delete(np.asarray(loss), 4)).all()
+    gh, gW, gb = jax.grad(lambda *a: jnp.sum(jnp.where(jnp.isinf(loss), 0, 1) * f(*a)), argnums=(0, 1, 2))(h, W, b)
+    assert float(jnp.abs(gh[4]).max()) == 0.0
+    assert np.isfinite(np.asarray(gW)).all() and np.isfinite(np.asarray(gb)).all()
+
+
+def test_linear_cross_entropy_ignored_rows_with_nan_hidden_state_give_zero_and_no_nan():
+    h, W, b, labels = _head(seed=4)
+    h = h.at[2].set(jnp.nan)
+    labels = labels.at[2].set(-100)
+    f = lambda h, W: linear_cross_entropy(h, W, labels, chunk_size=8, ignore_index=-100).sum()
+    loss, (gh, gW) = jax.value_and_grad(f, argnums=(0, 1))(h, W)
+    assert np.isfinite(float(loss))
+    assert float(jnp.abs(gh[2]).max()) == 0.0
+    assert np.isfinite(np.asarray(gW)).all()
+
+
+def test_linear_cross_entropy_hard_argmax_at_zero_temperature():
+    h, W, b, labels = _head(seed=5)
+    logits = h @ W + b
+    labels = labels.at[0].set(jnp.argmax(logits[0]))
+    loss = linear_cross_entropy(h, W, labels, bias=b, chunk_size=8, t=0.0)
+    _close(loss, cross_entropy(logits, labels, t=0.0))
+    g = jax.grad(lambda h: linear_cross_entropy(h, W, labels, bias=b, chunk_size=8, t=0.0)[0])(h)
+    assert float(jnp.abs(g).max()) == 0.0
+
+
+@pytest.mark.parametrize("transform", ["jit", "vmap"])
+def test_linear_cross_entropy_under_transforms_and_batch_dims(transform):
+    h, W, b, labels = _head(seed=6)
+    h3, lab3 = h.reshape(2, 3, -1), labels.reshape(2, 3)
+    f = lambda h, y: linear_cross_entropy(h, W, y, bias=b, chunk_size=8)
+    got = jax.jit(f)(h3, lab3) if transform == "jit" else jax.vmap(f)(h3, lab3)
+    _close(got, cross_entropy(h3 @ W + b, lab3), rtol=1e-5, atol=1e-5)
+
+
+def test_linear_cross_entropy_bf16_inputs_accumulate_in_float32():
+    h, W, b, labels = _head(v=300, n=16, d=64, seed=7)
+    hb, Wb = h.astype(jnp.bfloat16), W.astype(jnp.bfloat16)
+    loss = linear_cross_entropy(hb, Wb, labels, chunk_size=128)
+    assert loss.dtype == jnp.bfloat16
+    # The reference sees the same bf16-rounded operands, multiplied exactly in float32.
+    ref = cross_entropy(hb.astype(jnp.float32) @ Wb.astype(jnp.float32), labels)
+    _close(loss, ref, rtol=1e-2, atol=1e-2)
+    gW = jax.grad(lambda W: linear_cross_entropy(hb, W, labels, chunk_size=128).astype(jnp.float32).sum())(Wb)
+    assert gW.dtype == jnp.bfloat16
+    gW_ref = jax.grad(lambda W: cross_entropy(hb.astype(jnp.float32) @ W, labels).sum())(Wb.astype(jnp.float32))
+    _close(gW, gW_ref, rtol=5e-2, atol=1e-2)
+
+
+def test_linear_cross_entropy_never_forms_the_logits():
+    n, d, v, chunk = 12, 4, 96, 16
+    h, W, b, labels = _head(v=v, n=n, d=d, seed=8)
+    f = lambda h, W, b: linear_cross_entropy(h, W, labels, bias=b, chunk_size=chunk, label_smoothing=0.1).sum()
+    text = str(jax.make_jaxpr(jax.value_and_grad(f, argnums=(0, 1, 2)))(h, W, b))
+    assert f"f32[{n},{chunk}]" in text  # the chunk's logits
+    assert f"[{n},{v}]" not in text and f"[{v},{n}]" not in text
+
+
+def test_linear_cross_entropy_temp_memory_is_under_a_twentieth_of_naive():
+    n, d, v = 4096, 512, 65536  # compiled only, never run
+    args = (
+        jax.ShapeDtypeStruct((n, d), jnp.float32),
+        jax.ShapeDtypeStruct((d, v), jnp.float32),
+        jax.ShapeDtypeStruct((n,), jnp.int32),
+    )
+
+    def temp(loss):
+        compiled = jax.jit(jax.value_and_grad(loss, argnums=(0, 1))).lower(*args).compile()
+        return compiled.memory_analysis().temp_size_in_bytes
+
+    fused = temp(lambda h, W, y: linear_cross_entropy(h, W, y).sum())
+    naive = temp(lambda h, W, y: cross_entropy(h @ W, y).sum())
+    assert naive >= n * v * 4  # the naive one holds at least the float32 logits
+    assert fused * 20 <= naive, (fused, naive)
+
+
+def test_linear_cross_entropy_argument_errors():
+    h, W, b, labels = _head()
+    with pytest.raises(ValueError, match="labels must lie"):
+        linear_cross_entropy(h, W, labels.at[0].set(V))
+    with pytest.raises(ValueError, match="scalar"):
+        linear_cross_entropy(h, W, labels, t=jnp.ones(6))
+    with pytest.raises(ValueError, match="shape"):
+        linear_cross_entropy(h, W.T, labels)
+    with pytest.raises(TypeError, match="integer"):
+        linear_cross_entropy(h, W, labels.astype(jnp.float32))
+    with pytest.raises(ValueError, match="label_smoothing"):
+        linear_cross_entropy(h, W, labels, label_smoothing=1.5)

@@ -1,0 +1,646 @@
+"""Tests for jaxsoft.losses: cross_entropy, cross_entropy_with_probs, sigmoid_cross_entropy.
+
+Compilation dominates the run time, so the edge behaviours are computed once per code path in
+module-scoped fixtures (one compiled program each) and asserted row by row in small tests.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import mpmath
+import numpy as np
+import optax
+import pytest
+from jax.test_util import check_grads
+
+import jaxsoft
+from jaxsoft.losses import (
+    cross_entropy,
+    cross_entropy_with_probs,
+    mean_over_valid,
+    sigmoid_cross_entropy,
+)
+
+F32_EPS = float(np.finfo(np.float32).eps)
+
+# The references, jitted: one compilation each instead of one per eager operation.
+OPTAX_INT = jax.jit(optax.softmax_cross_entropy_with_integer_labels, static_argnames="axis")
+OPTAX_PROBS = jax.jit(optax.softmax_cross_entropy)
+OPTAX_SIGMOID = jax.jit(optax.sigmoid_binary_cross_entropy)
+
+
+@pytest.fixture
+def x64():
+    jax.config.update("jax_enable_x64", True)
+    yield
+    jax.config.update("jax_enable_x64", False)
+
+
+def loss_and_grads(f, *args):
+    """``f(*args)`` and the gradients of its sum in every argument, from one compiled program."""
+
+    @jax.jit
+    def run(*a):
+        loss, pullback = jax.vjp(f, *a)
+        return loss, pullback(jnp.ones_like(loss))
+
+    loss, grads = run(*args)
+    return np.asarray(loss), [np.asarray(g) for g in grads]
+
+
+def rand(shape, seed=0, scale=3.0, dtype=np.float32):
+    return (np.random.default_rng(seed).normal(size=shape) * scale).astype(dtype)
+
+
+def labels_for(shape, n, seed=1):
+    return np.random.default_rng(seed).integers(0, n, size=shape).astype(np.int32)
+
+
+def np_log_softmax(x, axis=-1):
+    x = np.asarray(x, np.float64)
+    m = np.max(x, axis=axis, keepdims=True)
+    return x - m - np.log(np.sum(np.exp(x - m), axis=axis, keepdims=True))
+
+
+def ce_vmapped(x, y):
+    return jax.vmap(lambda a, b: cross_entropy(a, b))(x, y)
+
+
+# --------------------------------------------------------------------------------------------------
+# Agreement with optax and a float64 NumPy reference on ordinary inputs (plain, jit, vmap).
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "shape, transform",
+    [((6, 5), lambda f: f), ((4, 3, 6), jax.jit), ((6, 5), lambda f: ce_vmapped)],
+    ids=["plain", "jit", "vmap"],
+)
+def test_cross_entropy_matches_optax_and_numpy(shape, transform):
+    x, y = rand(shape), labels_for(shape[:-1], shape[-1])
+    got = transform(lambda a, b: cross_entropy(a, b))(x, y)
+    want = OPTAX_INT(x, y)
+    np.testing.assert_allclose(got, want, rtol=2e-6, atol=1e-6)
+    ref = -np.take_along_axis(np_log_softmax(x), y[..., None], -1)[..., 0]
+    np.testing.assert_allclose(got, ref, rtol=2e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("transform", [lambda f: f, jax.jit], ids=["plain", "jit"])
+def test_cross_entropy_with_probs_matches_optax_and_numpy(transform):
+    x = rand((6, 5))
+    q = np.random.default_rng(2).dirichlet(np.ones(5), size=6).astype(np.float32)
+    got = transform(lambda a, b: cross_entropy_with_probs(a, b))(x, q)
+    np.testing.assert_allclose(got, OPTAX_PROBS(x, q), rtol=2e-6, atol=1e-6)
+    np.testing.assert_allclose(got, -np.sum(q * np_log_softmax(x), -1), rtol=2e-6, atol=1e-6)
+
+
+def test_gradients_are_softargmax_minus_target():
+    x, y = rand((6, 5)), labels_for((6,), 5)
+    q = np.random.default_rng(3).dirichlet(np.ones(5), size=6).astype(np.float32)
+    p = np.exp(np_log_softmax(x))
+    _, (g,) = loss_and_grads(lambda a: cross_entropy(a, y), x)
+    np.testing.assert_allclose(g, p - np.eye(5)[y], atol=1e-6)
+    _, (gq,) = loss_and_grads(lambda a: cross_entropy_with_probs(a, q), x)
+    np.testing.assert_allclose(gq, p - q, atol=1e-6)
+
+
+@pytest.mark.parametrize("axis", [(2, 1), (0, 2)])
+def test_tuple_axis_label_is_flat_index_in_given_order(axis):
+    x = rand((3, 4, 5))
+    batch = tuple(s for i, s in enumerate(x.shape) if i not in axis)
+    n = int(np.prod([x.shape[a] for a in axis]))
+    y = labels_for(batch, n)
+    got = cross_entropy(x, y, axis=axis)
+    want = OPTAX_INT(x, y, axis=axis)
+    np.testing.assert_allclose(got, want, rtol=2e-6, atol=1e-6)
+    # Independently: move the class axes last in the given order and flatten.
+    rest = [i for i in range(3) if i not in axis]
+    flat = np.transpose(x, rest + list(axis)).reshape(batch + (n,))
+    ref = -np.take_along_axis(np_log_softmax(flat), y[..., None], -1)[..., 0]
+    np.testing.assert_allclose(got, ref, rtol=2e-6, atol=1e-6)
+    onehot = np.eye(n)[y].reshape(batch + tuple(x.shape[a] for a in axis))
+    q = np.moveaxis(onehot, tuple(range(len(batch), 3)), axis)
+    np.testing.assert_allclose(cross_entropy_with_probs(x, q, axis=axis), ref, rtol=2e-6, atol=1e-6)
+
+
+def test_where_mask_matches_optax_when_labels_are_included():
+    x, y = rand((6, 5)), labels_for((6,), 5)
+    where = np.random.default_rng(4).random((6, 5)) > 0.4
+    where[np.arange(6), y] = True
+    got = cross_entropy(x, y, where=where)
+    want = OPTAX_INT(x, y, where=where)
+    np.testing.assert_allclose(got, want, rtol=2e-6, atol=1e-6)
+    q = np.eye(5)[y]
+    want_q = OPTAX_PROBS(x, q, where=where)
+    np.testing.assert_allclose(
+        cross_entropy_with_probs(x, q, where=where), want_q, rtol=2e-6, atol=1e-6
+    )
+
+
+def test_label_smoothing_matches_optax_smooth_labels():
+    x, y = rand((6, 5)), labels_for((6,), 5)
+    got, (g,) = loss_and_grads(lambda a: cross_entropy(a, y, label_smoothing=0.1), x)
+    want = OPTAX_PROBS(x, np.asarray(optax.smooth_labels(np.eye(5)[y], 0.1)))
+    np.testing.assert_allclose(got, want, rtol=2e-6, atol=1e-6)
+    q = 0.9 * np.eye(5)[y] + 0.1 / 5
+    np.testing.assert_allclose(g, np.exp(np_log_softmax(x)) - q, atol=1e-6)
+
+
+def test_label_smoothing_spreads_over_included_classes_only():
+    x, y = rand((6, 5)), labels_for((6,), 3)
+    where = np.ones((6, 5), bool)
+    where[:, 3:] = False
+    q = 0.8 * np.eye(3)[y] + 0.2 / 3
+    got = cross_entropy(x, y, where=where, label_smoothing=0.2)
+    np.testing.assert_allclose(got, -np.sum(q * np_log_softmax(x[:, :3]), -1), rtol=2e-6)
+
+
+def test_temperature_divides_the_logits():
+    x, y = rand((6, 5)), labels_for((6,), 5)
+    t = np.array([0.5, 1.0, 2.0, 3.0, 0.25, 1.5], np.float32)
+    ref = -np.take_along_axis(np_log_softmax(x / t[:, None]), y[:, None], -1)[:, 0]
+    np.testing.assert_allclose(cross_entropy(x, y, t=t), ref, rtol=2e-6)
+
+
+# --------------------------------------------------------------------------------------------------
+# Precision: tiny losses of confident correct predictions (mpmath reference).
+# --------------------------------------------------------------------------------------------------
+
+CONFIDENT = np.array(
+    [
+        [0.0, -20.0, -25.0],
+        [10.0, -20.0, -15.0],
+        [0.0, -40.0, -50.0],
+        [3.0, -60.0, -60.0],
+        [0.0, -80.0, -85.0],  # exp(-90) would be subnormal, which XLA:CPU flushes to 0
+        [1e4, 1e4 - 30.0, 0.0],
+    ],
+    np.float32,
+)
+
+
+def mp_cross_entropy(x, y):
+    """-log softargmax(x)_y = log1p(sum_{j != y} exp(x_j - x_y)) with 60 digits."""
+    mpmath.mp.dps = 60
+    out = []
+    for row, label in zip(np.asarray(x, np.float64), y):
+        xy = mpmath.mpf(float(row[label]))
+        s = mpmath.fsum(
+            mpmath.exp(mpmath.mpf(float(v)) - xy) for j, v in enumerate(row) if j != label
+        )
+        out.append(float(mpmath.log1p(s)))
+    return np.array(out)
+
+
+def rel_err(got, want):
+    return np.abs(np.asarray(got, np.float64) - want) / np.abs(want)
+
+
+def test_tiny_losses_are_exact_where_optax_rounds_to_zero():
+    y = np.zeros(len(CONFIDENT), np.int32)
+    want = mp_cross_entropy(CONFIDENT, y)
+    assert np.all(want > 0) and np.all(want < 1e-8)
+    ours = rel_err(cross_entropy(CONFIDENT, y), want)
+    theirs = rel_err(OPTAX_INT(CONFIDENT, y), want)
+    print("\ntiny CE: mpmath value, jaxsoft rel err, optax rel err")
+    for w, a, b in zip(want, ours, theirs):
+        print(f"  {w:.6e}  {a:.2e}  {b:.2e}")
+    assert np.all(ours < 4 * F32_EPS)
+    assert np.all(theirs > 0.5)  # optax's logsumexp(x) - x_y rounds every one of them to 0
+    probs = cross_entropy_with_probs(CONFIDENT, np.eye(3)[y])
+    assert np.all(rel_err(probs, want) < 4 * F32_EPS)
+
+
+def test_tiny_losses_float64(x64):
+    x = np.array([[0.0, -40.0, -45.0], [5.0, -700.0, -30.0]])
+    y = np.array([0, 0])
+    want = mp_cross_entropy(x, y)
+    got = np.asarray(cross_entropy(jnp.asarray(x), y))
+    assert got.dtype == np.float64
+    assert np.all(rel_err(got, want) < 4 * np.finfo(np.float64).eps)
+
+
+def test_ordinary_losses_match_mpmath_to_a_few_ulps():
+    x, y = rand((6, 5), seed=5, scale=5.0), labels_for((6,), 5, seed=6)
+    assert np.all(rel_err(cross_entropy(x, y), mp_cross_entropy(x, y)) < 8 * F32_EPS)
+
+
+# --------------------------------------------------------------------------------------------------
+# Derivatives (float64, jax.test_util.check_grads).
+# --------------------------------------------------------------------------------------------------
+
+
+def test_check_grads_integer_labels_in_logits_and_temperature(x64):
+    x = jnp.asarray(rand((3, 4), dtype=np.float64))
+    y = np.array([0, 3, 1])
+    t = jnp.array([0.7, 1.3, 2.0])
+    check_grads(lambda a, s: cross_entropy(a, y, t=s), (x, t), order=1, modes=("rev",))
+    # Second order as forward-over-reverse (Hessian-vector products), in the logits and in t.
+    grads = jax.grad(lambda a, s: cross_entropy(a, y, t=s).sum(), argnums=(0, 1))
+    check_grads(grads, (x, t), order=1, modes=("fwd",))
+
+
+def test_check_grads_with_mask_smoothing_and_probs(x64):
+    x = jnp.asarray(rand((3, 4), dtype=np.float64))
+    y = np.array([0, 3, 1])
+    where = np.array([[True, True, False, True]] * 3)
+    check_grads(
+        lambda a, s: cross_entropy(a, y, t=s, where=where, label_smoothing=0.2),
+        (x, 1.3),
+        order=1,
+        modes=("rev",),
+    )
+    q = jnp.asarray(np.random.default_rng(7).dirichlet(np.ones(4), size=3))
+    check_grads(
+        lambda a, b, s: cross_entropy_with_probs(a, b, t=s), (x, q, 1.3), order=1, modes=("rev",)
+    )
+
+
+def test_temperature_derivative_is_entropy_minus_loss_over_t(x64):
+    x = jnp.asarray(rand((4, 5), dtype=np.float64))
+    y = np.array([0, 1, 2, 4])
+    t = 1.7
+    got = jax.grad(lambda s: cross_entropy(x, y, t=s).sum())(t)
+    p = np.exp(np_log_softmax(np.asarray(x) / t))
+    ce = -np.log(p[np.arange(4), y])
+    entropy = -np.sum(p * np.log(p), axis=-1)
+    np.testing.assert_allclose(got, np.sum((entropy - ce) / t), rtol=1e-12)
+
+
+def test_target_gradient_is_minus_log_p_even_where_q_is_zero():
+    """SPEC 5.3: 0 * log 0 = 0 must not zero the target gradient."""
+    x = np.array([[2.0, 0.0, -3.0, -np.inf]], np.float32)
+    q = np.array([[1.0, 0.0, 0.0, 0.0]], np.float32)
+    _, (_, gq) = loss_and_grads(cross_entropy_with_probs, x, q)
+    logp = np_log_softmax(x[:, :3])
+    np.testing.assert_allclose(gq[0, :3], -logp[0], rtol=1e-6)
+    assert np.all(gq[0, 1:3] > 0)
+    # p = 0 on the -inf logit: a constant there, as log_softargmax treats it; finite, not NaN.
+    assert gq[0, 3] == 0
+
+
+def test_target_gradient_through_a_masked_teacher_has_no_nan():
+    """A teacher's softargmax with the same -inf entries as the student backpropagates cleanly."""
+    student = np.array([[1.0, 0.5, -np.inf], [0.0, 2.0, -np.inf]], np.float32)
+    teacher = np.array([[0.3, 0.1, -np.inf], [1.0, -1.0, -np.inf]], np.float32)
+    _, (g,) = loss_and_grads(
+        lambda tl: cross_entropy_with_probs(student, jaxsoft.softargmax(tl)), teacher
+    )
+    assert np.all(np.isfinite(g)) and np.all(g[:, 2] == 0)
+    # The same composite with the -inf column removed, by hand: d/dz_j = p_j (c_j - <p, c>),
+    # c = -log softargmax(student) the target gradient, p = softargmax(teacher).
+    p = np.exp(np_log_softmax(teacher[:, :2]))
+    c = -np_log_softmax(student[:, :2])
+    np.testing.assert_allclose(g[:, :2], p * (c - np.sum(p * c, -1, keepdims=True)), rtol=1e-5)
+
+
+# --------------------------------------------------------------------------------------------------
+# Edges (SPEC 5.4, 6), computed once per code path: unmasked with t = 1 (the fast path),
+# unmasked with a per-row t, and masked with a per-row t.
+# --------------------------------------------------------------------------------------------------
+
+NAN = np.nan
+INF = np.inf
+# name: (logits, label, t, where)
+EDGE_CASES = {
+    "finite": ([1.0, -0.5, 2.0, 0.0], 0, 0.7, None),
+    "label_on_neg_inf": ([0.0, -INF, 1.0, 0.5], 1, 1.0, None),
+    "other_neg_inf": ([0.0, -INF, 1.0, 0.5], 2, 1.0, None),
+    "all_neg_inf": ([-INF] * 4, 0, 1.0, None),
+    "plus_inf_label": ([INF, 0.0, INF, -INF], 0, 1.0, None),
+    "plus_inf_other": ([INF, 0.0, INF, -INF], 1, 1.0, None),
+    "huge": ([3e38, 3e38, -3e38, 0.0], 1, 1.0, None),
+    "ties": ([2.0, 2.0, 0.0, 2.0], 3, 1.0, None),
+    "nan": ([NAN, 0.0, 1.0, 2.0], 3, 1.0, None),
+    "t0_tie": ([3.0, 3.0, 1.0, 0.0], 0, 0.0, None),
+    "t0_loser": ([3.0, 1.0, 0.0, 0.0], 1, 0.0, None),
+    "masked_label": ([1.0, 2.0, 0.5, 0.0], 1, 1.0, [True, False, True, True]),
+    "fully_masked": ([NAN, INF, -INF, 1.0], 2, 1.0, [False] * 4),
+    "masked_garbage": ([0.5, NAN, -1.0, INF], 0, 0.6, [True, False, True, False]),
+}
+NAMES = list(EDGE_CASES)
+ROW = {name: i for i, name in enumerate(NAMES)}
+
+
+def _edge_arrays():
+    x = np.array([c[0] for c in EDGE_CASES.values()], np.float32)
+    y = np.array([c[1] for c in EDGE_CASES.values()], np.int32)
+    t = np.array([c[2] for c in EDGE_CASES.values()], np.float32)
+    where = np.array([c[3] if c[3] is not None else [True] * 4 for c in EDGE_CASES.values()])
+    return x, y, t, where
+
+
+@pytest.fixture(scope="module", params=["fast", "per_row_t", "masked"])
+def edges(request):
+    """Loss and gradients of cross_entropy, of cross_entropy_with_probs with one-hot targets,
+    and of the reference -log_softargmax(x)[y], on every edge row. Rows a path cannot express
+    (t != 1 without per-row t, masks without where) are left out of that path."""
+    x, y, t, where = _edge_arrays()
+    mode = request.param
+    if mode == "fast":
+        rows = (t == 1) & where.all(axis=1)
+        t_arg, w_arg = 1.0, None
+    elif mode == "per_row_t":
+        rows = where.all(axis=1)
+        t_arg, w_arg = t[rows], None
+    else:
+        rows = np.ones(len(y), bool)
+        t_arg, w_arg = t, where
+    x, y, q = x[rows], y[rows], np.eye(4, dtype=np.float32)[y[rows]]
+    t_ref = t_arg if np.ndim(t_arg) == 0 else t_arg[:, None]
+
+    def ref(a):
+        logp = jaxsoft.log_softargmax(a, t=t_ref, where=w_arg)
+        return -jnp.take_along_axis(logp, y[:, None], -1)[:, 0]
+
+    fns = {
+        "ours": lambda a: cross_entropy(a, y, t=t_arg, where=w_arg),
+        "probs": lambda a: cross_entropy_with_probs(a, q, t=t_arg, where=w_arg),
+        "ref": ref,
+    }
+
+    @jax.jit  # one compilation for the three
+    def run(a):
+        out = {}
+        for name, f in fns.items():
+            loss, pullback = jax.vjp(f, a)
+            out[name] = (loss, pullback(jnp.ones_like(loss)))
+        return out
+
+    results = jax.tree.map(np.asarray, run(x))
+    names = [n for n, r in zip(NAMES, rows) if r]
+    return {"names": names, "x": x, **results}
+
+
+def pick(edges, name, which="ours"):
+    """(loss, grad in the logits) of one row, or None when this code path does not have it."""
+    if name not in edges["names"]:
+        return None
+    i = edges["names"].index(name)
+    loss, grads = edges[which]
+    return loss[i], grads[0][i]
+
+
+def test_edge_rows_agree_with_log_softargmax_in_values_and_grads(edges):
+    """Except fully masked rows, where the loss is 0 rather than -log 0 (SPEC 5.4)."""
+    keep = [i for i, n in enumerate(edges["names"]) if n != "fully_masked"]
+    ref_loss, (ref_g,) = edges["ref"]
+    for which in ("ours", "probs"):
+        loss, grads = edges[which]
+        np.testing.assert_allclose(loss[keep], ref_loss[keep], rtol=1e-6)
+        # Rows with a +inf loss: our convention is a zero gradient; the reference agrees.
+        np.testing.assert_allclose(grads[0][keep], ref_g[keep], rtol=1e-6, atol=1e-7)
+
+
+def test_gradients_are_never_nan_outside_nan_rows(edges):
+    for which in ("ours", "probs"):
+        loss, grads = edges[which]
+        for i, name in enumerate(edges["names"]):
+            if name != "nan":
+                assert not np.any(np.isnan(grads[0][i])), (which, name)
+                assert not np.isnan(loss[i]), (which, name)
+
+
+def test_nan_row_stays_nan(edges):
+    loss, g = pick(edges, "nan")
+    assert np.isnan(loss) and np.all(np.isnan(g))
+
+
+@pytest.mark.parametrize(
+    "name", ["label_on_neg_inf", "all_neg_inf", "plus_inf_other", "t0_loser", "masked_label"]
+)
+def test_label_with_zero_probability_gives_inf_and_zero_grad(edges, name):
+    for which in ("ours", "probs"):
+        got = pick(edges, name, which)
+        if got is not None:
+            assert got[0] == np.inf and np.all(got[1] == 0), which
+
+
+def test_fully_masked_row_has_zero_loss_and_zero_grads(edges):
+    for which in ("ours", "probs"):
+        got = pick(edges, "fully_masked", which)
+        if got is not None:
+            assert got[0] == 0 and np.all(got[1] == 0)
+
+
+def test_neg_inf_logit_elsewhere_is_ignored(edges):
+    got = pick(edges, "other_neg_inf")
+    if got is not None:
+        p = np.exp(np_log_softmax([0.0, 1.0, 0.5]))
+        np.testing.assert_allclose(got[0], -np.log(p[1]), rtol=1e-6)
+        np.testing.assert_allclose(got[1], [p[0], 0.0, p[1] - 1, p[2]], atol=1e-7)
+
+
+def test_plus_inf_logits_share_the_mass(edges):
+    got = pick(edges, "plus_inf_label")
+    if got is not None:
+        np.testing.assert_allclose(got[0], np.log(2), rtol=1e-6)
+        np.testing.assert_allclose(got[1], [-0.5, 0.0, 0.5, 0.0])
+
+
+def test_huge_finite_logits_do_not_overflow(edges):
+    got = pick(edges, "huge")
+    if got is not None:
+        np.testing.assert_allclose(got[0], np.log(2), rtol=1e-6)
+        np.testing.assert_allclose(got[1], [0.5, -0.5, 0.0, 0.0], atol=1e-7)
+
+
+def test_ties_at_the_max(edges):
+    got = pick(edges, "ties")
+    if got is not None:
+        np.testing.assert_allclose(got[0], np.log(3 + np.exp(-2.0)), rtol=1e-6)
+
+
+def test_hard_argmax_at_t_zero_splits_ties_with_zero_grad(edges):
+    got = pick(edges, "t0_tie")
+    if got is not None:
+        np.testing.assert_allclose(got[0], np.log(2), rtol=1e-6)
+        assert np.all(got[1] == 0)
+
+
+def test_masked_entries_are_ignored_even_when_nan_or_inf(edges):
+    got = pick(edges, "masked_garbage")
+    if got is not None:
+        logp = np_log_softmax(np.array([0.5, -1.0]) / 0.6)
+        np.testing.assert_allclose(got[0], -logp[0], rtol=1e-6)
+        p = np.exp(logp)
+        np.testing.assert_allclose(got[1], [(p[0] - 1) / 0.6, 0, p[1] / 0.6, 0], rtol=1e-6)
+
+
+def test_positive_target_weight_on_neg_inf_logit_is_inf_zero_weight_is_not():
+    x = np.array([[0.0, -np.inf, 1.0], [0.0, -np.inf, 1.0]], np.float32)
+    q = np.array([[0.5, 0.5, 0.0], [0.5, 0.0, 0.5]], np.float32)
+    loss, (g, gq) = loss_and_grads(cross_entropy_with_probs, x, q)
+    assert loss[0] == np.inf and np.all(g[0] == 0)
+    np.testing.assert_allclose(loss[1], -0.5 * np.sum(np_log_softmax([0.0, 1.0])), rtol=1e-6)
+    assert not np.any(np.isnan(gq))
+
+
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
+def test_low_precision_inputs_return_their_dtype(dtype):
+    x = jnp.asarray(rand((6, 5)), dtype)
+    y = labels_for((6,), 5)
+    got = cross_entropy(x, y)
+    assert got.dtype == dtype
+    want = -np.take_along_axis(np_log_softmax(np.asarray(x, np.float32)), y[:, None], -1)[:, 0]
+    np.testing.assert_allclose(np.asarray(got, np.float32), want, rtol=1e-2)
+
+
+def test_low_precision_gradient_keeps_dtype():
+    x = jnp.asarray(rand((6, 5)), jnp.bfloat16)
+    g = jax.grad(lambda a: cross_entropy(a, labels_for((6,), 5)).astype(jnp.float32).sum())(x)
+    assert g.dtype == jnp.bfloat16 and np.all(np.isfinite(np.asarray(g, np.float32)))
+
+
+# --------------------------------------------------------------------------------------------------
+# ignore_index and reductions.
+# --------------------------------------------------------------------------------------------------
+
+
+def test_ignored_rows_have_zero_loss_and_zero_grad_even_with_nan():
+    x = rand((6, 5))
+    x[2] = np.nan
+    y = np.array([1, -100, -100, 4, 0, 2])
+    loss, (g,) = loss_and_grads(lambda a: cross_entropy(a, y, ignore_index=-100), x)
+    assert loss[1] == 0 and loss[2] == 0
+    assert np.all(g[1:3] == 0)
+    keep = np.array([0, 3, 4, 5])
+    ref = -np.take_along_axis(np_log_softmax(x[keep]), y[keep, None], -1)[:, 0]
+    np.testing.assert_allclose(loss[keep], ref, rtol=1e-6)
+
+
+def test_reduction_mean_averages_over_non_ignored_examples():
+    x = rand((6, 5))
+    y = np.array([0, -1, 2, -1, 1, 4])
+    keep = np.array([0, 2, 4, 5])
+    per = -np.take_along_axis(np_log_softmax(x[keep]), y[keep, None], -1)[:, 0]
+    mean, (g,) = loss_and_grads(lambda a: cross_entropy(a, y, ignore_index=-1, reduction="mean"), x)
+    np.testing.assert_allclose(mean, per.mean(), rtol=1e-6)
+    np.testing.assert_allclose(
+        cross_entropy(x, y, ignore_index=-1, reduction="sum"), per.sum(), rtol=1e-6
+    )
+    want = np.zeros_like(x)
+    want[keep] = (np.exp(np_log_softmax(x[keep])) - np.eye(5)[y[keep]]) / len(keep)
+    np.testing.assert_allclose(g, want, atol=1e-6)
+
+
+def test_reduction_mean_leaves_out_fully_masked_rows():
+    x, y = rand((6, 5)), labels_for((6,), 5)
+    where = np.ones((6, 5), bool)
+    where[0] = False
+    ref = -np.take_along_axis(np_log_softmax(x[1:]), y[1:, None], -1)[:, 0]
+    np.testing.assert_allclose(
+        cross_entropy(x, y, where=where, reduction="mean"), ref.mean(), rtol=1e-6
+    )
+    got_q = cross_entropy_with_probs(x, np.eye(5)[y], where=where, reduction="mean")
+    np.testing.assert_allclose(got_q, ref.mean(), rtol=1e-6)
+
+
+def test_mean_over_valid():
+    losses = jnp.array([1.0, jnp.nan, 3.0, jnp.inf])
+    valid = jnp.array([True, False, True, False])
+    assert float(mean_over_valid(losses, valid)) == 2.0
+    g = jax.grad(lambda v: mean_over_valid(v, valid))(losses)
+    np.testing.assert_array_equal(g, [0.5, 0.0, 0.5, 0.0])
+    assert float(mean_over_valid(losses, jnp.zeros(4, bool))) == 0.0
+    assert float(mean_over_valid(jnp.array([1.0, 2.0]))) == 1.5
+
+
+# --------------------------------------------------------------------------------------------------
+# Bad input.
+# --------------------------------------------------------------------------------------------------
+
+
+def test_float_labels_raise_type_error():
+    with pytest.raises(TypeError, match="cross_entropy_with_probs"):
+        cross_entropy(rand((2, 3)), np.array([0.0, 1.0]))
+    with pytest.raises(TypeError):
+        cross_entropy(rand((2, 3)), np.array([True, False]))
+
+
+def test_out_of_range_labels_raise_when_concrete():
+    with pytest.raises(ValueError, match=r"\[0, 3\).*got 3 at index \(1,\)"):
+        cross_entropy(rand((2, 3)), np.array([0, 3]))
+    with pytest.raises(ValueError, match="got -1"):
+        cross_entropy(rand((2, 3)), np.array([-1, 0]))
+    with pytest.raises(ValueError):
+        cross_entropy(rand((2, 3)), np.array([-100, 0]), ignore_index=-1)
+
+
+def test_out_of_range_labels_under_jit_give_nan_on_that_row_only():
+    x = rand((6, 5))
+    y = jnp.array([0, 7, -2, 1, 2, 3])
+    loss, (g, _) = loss_and_grads(lambda a, b: cross_entropy(a, b), x, y)
+    assert np.all(np.isnan(loss[1:3])) and np.all(np.isnan(g[1:3]))
+    assert np.all(np.isfinite(loss[[0, 3, 4, 5]])) and np.all(np.isfinite(g[[0, 3, 4, 5]]))
+
+
+def test_shape_mismatch_names_both_shapes():
+    with pytest.raises(ValueError, match=r"\(3,\).*\(2, 5\).*\(2,\)"):
+        cross_entropy(rand((2, 5)), np.array([0, 1, 2]))
+    with pytest.raises(ValueError, match=r"\(2, 4\).*\(2, 5\)"):
+        cross_entropy_with_probs(rand((2, 5)), np.ones((2, 4)) / 4)
+    with pytest.raises(ValueError, match=r"\(3,\).*\(2,\)"):
+        sigmoid_cross_entropy(np.zeros(2), np.zeros(3))
+    with pytest.raises(ValueError, match="axis 2 is out of bounds"):
+        cross_entropy(rand((2, 5)), np.array([0, 1]), axis=2)
+    with pytest.raises(ValueError, match="where of shape"):
+        cross_entropy(rand((2, 5)), np.array([0, 1]), where=np.ones((3,), bool))
+
+
+def test_bad_options_raise():
+    x, y = rand((2, 3)), np.array([0, 1])
+    with pytest.raises(ValueError, match="label_smoothing"):
+        cross_entropy(x, y, label_smoothing=1.5)
+    with pytest.raises(ValueError, match="reduction"):
+        cross_entropy(x, y, reduction="avg")
+    with pytest.raises(TypeError, match="ignore_index"):
+        cross_entropy(x, y, ignore_index=1.0)
+    with pytest.raises(ValueError, match="t must be >= 0"):
+        cross_entropy(x, y, t=-1.0)
+
+
+# --------------------------------------------------------------------------------------------------
+# The binary case (SPEC 1.4).
+# --------------------------------------------------------------------------------------------------
+
+
+def _two_class(a, b):
+    logits = jnp.stack([a, jnp.zeros_like(a)], axis=-1)
+    return cross_entropy_with_probs(logits, jnp.stack([b, 1 - b], axis=-1))
+
+
+def test_sigmoid_ce_equals_two_class_softargmax_ce_in_values_and_grads():
+    x = np.array([-30.0, -3.0, -0.5, 0.0, 0.7, 4.0, 50.0, np.inf, -np.inf], np.float32)
+    y = np.array([1.0, 0.0, 0.3, 1.0, 0.0, 1.0, 1.0, 1.0, 0.0], np.float32)
+    loss, (gx, gy) = loss_and_grads(sigmoid_cross_entropy, x, y)
+    ref, (rx, ry) = loss_and_grads(_two_class, x, y)
+    np.testing.assert_allclose(loss, ref, rtol=1e-6, atol=1e-30)
+    np.testing.assert_allclose(gx, rx, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(gy, ry, rtol=1e-6, atol=1e-7)
+    # Integer labels through the integer-label CE: class 0 is the positive one.
+    yi = y.round().astype(np.int32)
+    logits = np.stack([x, np.zeros_like(x)], axis=-1)
+    np.testing.assert_allclose(
+        sigmoid_cross_entropy(x, yi), cross_entropy(logits, 1 - yi), rtol=1e-6
+    )
+
+
+def test_sigmoid_ce_matches_optax_on_ordinary_inputs():
+    x = rand((6, 5))
+    y = (np.random.default_rng(8).random((6, 5)) > 0.5).astype(np.float32)
+    want = OPTAX_SIGMOID(x, y)
+    np.testing.assert_allclose(sigmoid_cross_entropy(x, y), want, rtol=2e-6, atol=1e-6)
+
+
+def test_sigmoid_ce_is_stable_for_large_logits():
+    mpmath.mp.dps = 50
+    # Losses down to 1.8e-35; below ~1e-38 float32 is subnormal, which XLA:CPU flushes to 0.
+    x = np.array([20.0, 40.0, 80.0, -80.0, 60.0, 1e30, -1e30, 1e4, -1e4], np.float32)
+    y = np.array([1, 1, 1, 0, 1, 1, 0, 0, 1], np.float32)
+    got = np.asarray(sigmoid_cross_entropy(x, y))
+    want = [float(mpmath.log1p(mpmath.exp(-abs(mpmath.mpf(float(v)))))) for v in x[:5]]
+    np.testing.assert_allclose(got[:5], want, rtol=4 * F32_EPS, atol=0)
+    np.testing.assert_array_equal(got[5:7], 0)
+    np.testing.assert_allclose(got[7:], 1e4, rtol=1e-6)
