@@ -213,3 +213,17 @@ def test_no_nan_or_inf_alarm_on_finite_inputs():
                 jax.block_until_ready(jax.grad(lambda x: jnp.sum(f(x, t=t)))(x))
                 jax.block_until_ready(jax.grad(lambda t: jnp.sum(f(x, t=t)))(t))
                 jax.block_until_ready(jax.jacfwd(lambda x: f(x, t=t))(x[0]))
+
+
+def test_nan_rows_on_long_rows():
+    # XLA:CPU's fused max reduction drops NaN on long rows (an all-NaN row of 4096 has max -inf),
+    # so short-row tests cannot catch a kernel that relies on it.
+    x = jnp.zeros((4, 4096), jnp.float32).at[1, 5].set(jnp.nan).at[2].set(jnp.nan).at[3].set(-INF)
+    for f in FUNCS:
+        y = np.asarray(f(x))
+        rows = y if y.ndim == 1 else y[:, 0]
+        assert not np.isnan(rows[0]) and np.isnan(rows[1]) and np.isnan(rows[2]) and not np.isnan(rows[3])
+        if y.ndim == 2:
+            assert np.all(np.isnan(y[1])) and np.all(np.isnan(y[2]))
+    np.testing.assert_allclose(js.logsumexp(x)[0], np.log(4096.0), rtol=1e-6)
+    assert float(js.logsumexp(x)[3]) == -INF
