@@ -90,9 +90,11 @@ def _core(x: jax.Array, t: jax.Array | None, mask: jax.Array | None):
     u = x * 0.5 - ref
     z = u / tdiv
     # XLA:CPU's fused max reduction and minimum drop NaN on long rows (an all-NaN row of 4096
-    # has max -inf), so a NaN is carried into e explicitly: 0 * 1/(1 + |u|) is 0 for every u
-    # but NaN, +-inf included, and stays inside the fused sum (unlike isnan or sign).
-    e = jnp.exp(jnp.minimum(z, 0) * outer) + 0 * (1 / (1 + jnp.abs(u)))
+    # has max -inf), so a NaN is carried into e explicitly: 0 * 0.5/(0.5 + |u|) is 0 for every
+    # u but NaN, +-inf included, and stays inside the fused sum (unlike isnan or sign). (Its
+    # constants are the ones this sum already uses: a constant shared with the other sum's
+    # terms would be written to memory as a full-size broadcast.)
+    e = jnp.exp(jnp.minimum(z, 0) * outer) + 0 * (0.5 / (0.5 + jnp.abs(u)))
     total = jnp.sum(e, axis=-1, keepdims=True)
     empty = empty & ~jnp.isnan(total)  # an all-NaN row can look empty to the max reduction
     # s: the mass of the non-maximal entries, needed only in soft rows (hard rows use
@@ -161,9 +163,12 @@ def _core_tangents(x, t, mask, out, dx, dt):
         # <p, g> is dlse / t: no second sum, and no 0 * inf where log p * dt / t overflows.
         h = jnp.where(t == 0, 0, g / t_safe - dlse / t_safe)
     # p's tangent does not need log p (p = 0 wherever log p = -inf), so softargmax's gradient
-    # never pays for the log1p reduction; where p = 0, h may be inf (a huge log p), so p * h
-    # is taken as 0 there rather than NaN. NaN rows keep NaN (NaN == 0 is False).
-    return dlse, jnp.where(p == 0, 0, p * h), jnp.where(finite, h, 0)
+    # never pays for the log1p reduction. With a t-tangent, h may be inf where p = 0 (a huge
+    # log p * dt / t), so p * h is taken as 0 there rather than NaN (NaN rows keep NaN, as
+    # NaN == 0 is False); without one h is finite and the select, which would stop XLA fusing
+    # the transposed sum, is left out.
+    dp = jnp.where(p == 0, 0, p * h) if with_dt else p * h
+    return dlse, dp, jnp.where(finite, h, 0)
 
 
 # --------------------------------------------------------------------------------------------------
