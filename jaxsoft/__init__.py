@@ -12,6 +12,7 @@ from jaxsoft._core import (
     softargmax_mean,
     softmax,
 )
+from jaxsoft._version import __version__
 from jaxsoft._jacobian import softargmax_jacobian, softargmax_jvp, softargmax_vjp
 from jaxsoft.calibration import expected_calibration_error, fit_temperature
 from jaxsoft.gumbel import gumbel_softargmax
@@ -24,9 +25,9 @@ from jaxsoft.losses import (
 )
 from jaxsoft.sharded import sharded_cross_entropy, sharded_linear_cross_entropy, sharded_logsumexp
 
-__version__ = "0.1.0"
 
 __all__ = [
+    "__version__",
     "chunked_logsumexp",
     "linear_cross_entropy",
     "sharded_cross_entropy",

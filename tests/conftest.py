@@ -16,6 +16,11 @@ import jax
 import pytest
 from hypothesis import HealthCheck, settings
 
+# Eight CPU devices for the sharded tests, in-process. This must run before jax initialises its
+# backend (the first array op), which conftest import precedes. Unsharded tests still run on
+# device 0, so nothing else changes.
+jax.config.update("jax_num_cpu_devices", 8)
+
 CI_EXAMPLES = 200
 THOROUGH_EXAMPLES = 5000
 
