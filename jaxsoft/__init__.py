@@ -23,10 +23,14 @@ from jaxsoft.losses import (
     mean_over_valid,
     sigmoid_cross_entropy,
 )
+from jaxsoft.sampling import sample, sampling_mask, sharded_sample
 from jaxsoft.sharded import sharded_cross_entropy, sharded_linear_cross_entropy, sharded_logsumexp
 
 
 __all__ = [
+    "sample",
+    "sampling_mask",
+    "sharded_sample",
     "__version__",
     "chunked_logsumexp",
     "linear_cross_entropy",
