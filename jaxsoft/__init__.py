@@ -15,6 +15,7 @@ from jaxsoft._core import (
 from jaxsoft._version import __version__
 from jaxsoft._jacobian import softargmax_jacobian, softargmax_jvp, softargmax_vjp
 from jaxsoft.calibration import expected_calibration_error, fit_temperature
+from jaxsoft.divergences import entropy, kl_divergence
 from jaxsoft.gumbel import gumbel_softargmax
 from jaxsoft.large_vocab import chunked_logsumexp, linear_cross_entropy
 from jaxsoft.losses import (
@@ -28,6 +29,8 @@ from jaxsoft.sharded import sharded_cross_entropy, sharded_linear_cross_entropy,
 
 
 __all__ = [
+    "entropy",
+    "kl_divergence",
     "sample",
     "sampling_mask",
     "sharded_sample",
