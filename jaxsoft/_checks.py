@@ -10,11 +10,13 @@ Kernels then only ever reduce over ``axis=-1`` with ``keepdims=True``.
 from __future__ import annotations
 
 import math
-from typing import NamedTuple, Sequence
+from collections.abc import Sequence
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.core import Tracer
 from jax.typing import ArrayLike
 
 Axis = int | Sequence[int] | None
@@ -70,12 +72,14 @@ def as_array(x: ArrayLike, name: str, what: str = "x") -> jax.Array:
 
 
 def _is_concrete(v) -> bool:
-    return not isinstance(v, jax.core.Tracer)
+    return not isinstance(v, Tracer)
 
 
 def is_unit_temperature(t) -> bool:
     """True when ``t`` is the Python/NumPy scalar 1, so kernels can skip the division by ``t``."""
-    return isinstance(t, (int, float, np.integer, np.floating)) and not isinstance(t, bool) and t == 1
+    return (
+        isinstance(t, (int, float, np.integer, np.floating)) and not isinstance(t, bool) and t == 1
+    )
 
 
 def check_temperature(t: ArrayLike, name: str) -> jax.Array | None:
@@ -92,7 +96,9 @@ def check_temperature(t: ArrayLike, name: str) -> jax.Array | None:
         if np.any(np.isnan(tv)):
             raise ValueError(f"{name}: t must not be NaN")
         if np.any(tv < 0):
-            raise ValueError(f"{name}: t must be >= 0 (t = 0 is the hard argmax), got min {tv.min()}")
+            raise ValueError(
+                f"{name}: t must be >= 0 (t = 0 is the hard argmax), got min {tv.min()}"
+            )
         if np.any(np.isinf(tv)):
             raise ValueError(f"{name}: t must be finite, got inf")
     return t_arr
@@ -226,3 +232,180 @@ def canonicalize(
         tc = jnp.where((tc >= 0) & (tc < jnp.inf), tc, jnp.nan)
     mc = None if where is None else layout.to_canonical(jnp.broadcast_to(where, x.shape))
     return layout, xc, tc, mc, out_dtype
+
+
+# --------------------------------------------------------------------------------------------------
+# The losses' options: labels, where, label smoothing, ignore_index, chunk_size, reduction.
+# Types that cannot be right raise TypeError; values out of their range raise ValueError.
+# --------------------------------------------------------------------------------------------------
+
+REDUCTIONS = ("none", "mean", "sum")
+_INT32 = (-(2**31), 2**31 - 1)
+
+
+def is_concrete(v) -> bool:
+    """Whether ``v`` holds values that can be checked now (not a tracer under ``jit``)."""
+    return _is_concrete(v)
+
+
+def labels_int32(labels: jax.Array) -> jax.Array:
+    """Cast integer labels to int32, saturating: a label beyond int32 stays out of range.
+
+    The one label cast of the library. No axis has ``2**31`` classes, so every label in range fits;
+    a traced out-of-range one saturates instead of wrapping into range (and then gives NaN).
+    """
+    info = jnp.iinfo(labels.dtype)
+    if info.min >= _INT32[0] and info.max <= _INT32[1]:
+        return labels.astype(jnp.int32)
+    lo = np.array(max(int(info.min), _INT32[0]), labels.dtype)
+    hi = np.array(min(int(info.max), _INT32[1]), labels.dtype)
+    return jnp.clip(labels, lo, hi).astype(jnp.int32)
+
+
+def check_labels(
+    name: str,
+    labels: ArrayLike,
+    batch: tuple[int, ...],
+    n_classes: int | None,
+    ignore_index: int | None,
+    *,
+    against: str = "",
+) -> jax.Array:
+    """Validate integer class labels of shape ``batch``; returns them as int32.
+
+    Concrete labels are range-checked against ``[0, n_classes)`` (``ignore_index`` allowed) on their
+    own values, before any cast: an int64 NumPy label of ``2**32 + 1`` must not wrap to class 1
+    when float64/int64 are off. ``n_classes=None`` skips the range check (sharded: the number of
+    classes is only known inside ``shard_map``). Traced labels are cast with saturation.
+    """
+    if isinstance(labels, (str, bytes)) or labels is None:
+        raise TypeError(f"{name}: labels must be an array of integers, got {type(labels).__name__}")
+    concrete = not isinstance(labels, Tracer)
+    raw: Any
+    if concrete and not isinstance(labels, jax.Array):
+        try:
+            raw = np.asarray(labels)
+        except (TypeError, ValueError) as e:
+            raise TypeError(
+                f"{name}: labels must be an array of integers, got {type(labels).__name__}"
+            ) from e
+        dtype, shape = raw.dtype, raw.shape
+    else:
+        raw = labels
+        dtype, shape = labels.dtype, labels.shape
+    if not np.issubdtype(dtype, np.integer):
+        raise TypeError(
+            f"{name}: labels must be integer class indices, got dtype {dtype}; "
+            "for one-hot or probability targets use cross_entropy_with_probs"
+        )
+    if tuple(shape) != tuple(batch):
+        raise ValueError(
+            f"{name}: labels of shape {tuple(shape)} do not match {against or 'the batch'}: "
+            f"expected {tuple(batch)}"
+        )
+    if concrete and n_classes is not None and math.prod(shape):
+        lab = np.asarray(raw)
+        bad = (lab < 0) | (lab >= n_classes)
+        if ignore_index is not None:
+            bad &= lab != ignore_index
+        if bad.any():
+            idx = tuple(int(i) for i in np.argwhere(bad)[0])
+            raise ValueError(
+                f"{name}: labels must lie in [0, {n_classes}) or equal "
+                f"ignore_index={ignore_index}; got {lab[idx]} at index {idx}"
+            )
+        if isinstance(raw, np.ndarray):
+            # Every value is now in int32 range (ignore_index is checked to be).
+            return jnp.asarray(raw.astype(np.int32))
+    return labels_int32(jnp.asarray(raw))
+
+
+def check_ignore_index(name: str, ignore_index) -> int | None:
+    if ignore_index is None:
+        return None
+    if isinstance(ignore_index, bool) or not isinstance(ignore_index, (int, np.integer)):
+        raise TypeError(f"{name}: ignore_index must be an int or None, got {ignore_index!r}")
+    if not _INT32[0] <= ignore_index <= _INT32[1]:
+        raise ValueError(f"{name}: ignore_index must fit in int32, got {ignore_index}")
+    return int(ignore_index)
+
+
+def check_smoothing(name: str, smoothing) -> float:
+    if isinstance(smoothing, bool) or not isinstance(
+        smoothing, (int, float, np.integer, np.floating)
+    ):
+        raise TypeError(f"{name}: label_smoothing must be a Python float, got {smoothing!r}")
+    smoothing = float(smoothing)
+    if not 0.0 <= smoothing <= 1.0:
+        raise ValueError(f"{name}: label_smoothing must lie in [0, 1], got {smoothing}")
+    return smoothing
+
+
+def check_chunk_size(name: str, chunk_size) -> int:
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, (int, np.integer)):
+        raise TypeError(f"{name}: chunk_size must be a positive int, got {chunk_size!r}")
+    if chunk_size < 1:
+        raise ValueError(f"{name}: chunk_size must be >= 1, got {chunk_size}")
+    return int(chunk_size)
+
+
+def check_reduction(name: str, reduction) -> str:
+    if not isinstance(reduction, str):
+        raise TypeError(f"{name}: reduction must be one of {REDUCTIONS}, got {reduction!r}")
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"{name}: reduction must be one of {REDUCTIONS}, got {reduction!r}")
+    return reduction
+
+
+def check_scalar_temperature(name: str, t: ArrayLike) -> jax.Array | None:
+    """A scalar ``t >= 0`` (the fused and sharded heads take one temperature)."""
+    t_arr = check_temperature(t, name)
+    if t_arr is not None and t_arr.ndim != 0:
+        raise ValueError(f"{name}: t must be a scalar, got shape {t_arr.shape}")
+    return t_arr
+
+
+def traced_temperature(t: jax.Array | None, dtype) -> jax.Array | None:
+    """Cast ``t`` to ``dtype``; a traced negative, NaN or infinite ``t`` becomes NaN (its rows NaN)."""
+    if t is None:
+        return None
+    t = t.astype(dtype)
+    return jnp.where((t >= 0) & (t < jnp.inf), t, jnp.nan)
+
+
+def check_loss_where(
+    name: str, where: ArrayLike | None, shape: tuple[int, ...], axes: tuple[int, ...]
+) -> jax.Array | None:
+    """A loss's ``where``, as an element mask of the logits' rank.
+
+    As in optax, ``where`` is either an element mask broadcastable to the logits (the logits'
+    rank) or a per-example mask broadcastable to the batch shape (the logits' shape without
+    ``axes``, the labels' rank), which leaves out whole examples. A ``where`` of any other rank
+    is ambiguous and raises: a class mask is given with the logits' rank (e.g. ``[None, :]``).
+    """
+    if where is None:
+        return None
+    w = as_array(where, name, "where")
+    if w.dtype != jnp.bool_:
+        raise TypeError(f"{name}: where must be a boolean array, got dtype {w.dtype}")
+    batch = tuple(s for i, s in enumerate(shape) if i not in axes)
+    if w.ndim == len(shape):
+        target, what = tuple(shape), f"the logits of shape {tuple(shape)}"
+    elif w.ndim == len(batch):
+        target, what = batch, f"the batch {batch} (a per-example mask)"
+    else:
+        raise ValueError(
+            f"{name}: where of shape {w.shape} must have the logits' rank {len(shape)} (an element "
+            f"mask) or the batch's rank {len(batch)} (a per-example mask, as optax); for a class "
+            "mask add the batch axes, e.g. where[None, :]"
+        )
+    try:
+        ok = np.broadcast_shapes(w.shape, target) == target
+    except ValueError:
+        ok = False
+    if not ok:
+        raise ValueError(f"{name}: where of shape {w.shape} does not broadcast to {what}")
+    if w.ndim == len(shape):
+        return w
+    w = jnp.broadcast_to(w, batch)
+    return jnp.expand_dims(w, axes) if axes else w

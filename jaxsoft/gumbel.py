@@ -49,7 +49,7 @@ def _check_key(key) -> jax.Array:
             f"{_NAME}: key must be a single PRNG key, got shape {key.shape}; "
             "jax.vmap over a batch of keys to draw independent samples"
         )
-    return key
+    return jnp.asarray(key)
 
 
 # The noise is drawn in the logits' own shape, so one key gives the same noise whatever the axis.
@@ -68,10 +68,15 @@ def _relax(x, g, t, where, *, axes, hard):
     pos_inf = included & (xc == jnp.inf)
     # With k logits at +inf the others never win, and the race among the k is decided by the noise
     # alone: the limit of all k logits growing together. x + g would tie them at +inf instead.
+    # Shift by the row max before adding the noise: x + g would round the noise away once |x| is
+    # large ([1e30, 1e30, 0] would always pick index 0). softargmax is shift invariant, so the
+    # sample's value and derivative are unchanged; the max is a constant to differentiation.
+    m = jnp.max(jnp.where(included, xc, -jnp.inf), axis=-1, keepdims=True)
+    m = jax.lax.stop_gradient(jnp.where(jnp.isfinite(m), m, 0))
     y = jnp.where(
         jnp.any(pos_inf, axis=-1, keepdims=True),
         jnp.where(pos_inf, g, -jnp.inf),
-        xc + g,
+        (xc - m) + g,
     )
     soft = softargmax(y, axis=-1, t=1.0 if tc is None else tc, where=mc)
     if hard:
@@ -124,6 +129,9 @@ def gumbel_softargmax(
       Array of ``logits``' shape and (floating) dtype that sums to 1 along ``axis``: the soft
       sample, or with ``hard=True`` a one-hot.
 
+    Exact for logits of any magnitude: the noise is added to ``x - max(x)`` (the same
+    distribution), so ``[1e30, 1e30, 0]`` draws its first two entries half the time each.
+
     Edges: ``-inf`` and masked entries are never sampled (value 0, derivative 0). If some logits
     are ``+inf`` only those are sampled, uniformly (the limit of equal logits growing together).
     An all ``-inf`` or fully masked row is all 0 with zero derivative; a NaN makes its row NaN.
@@ -147,6 +155,6 @@ def gumbel_softargmax(
     else:
         raise TypeError(f"{_NAME}: hard must be a Python bool, got {type(hard).__name__}")
     key = _check_key(key)
-    x, t, where, axes = _checks.prepare(_NAME, logits, axis, t, where)
+    x, t_arr, w, axes = _checks.prepare(_NAME, logits, axis, t, where)
     g = _gumbel_noise(key, x.shape, _checks.compute_dtype(_checks.result_dtype(x, _NAME)))
-    return _relax(x, g, t, where, axes=axes, hard=hard)
+    return _relax(x, g, t_arr, w, axes=axes, hard=hard)

@@ -2,7 +2,7 @@
 
 Each device holds ``V / P`` consecutive classes (columns) of the logits, or of the head ``W``;
 device ``i`` along ``axis_name`` holds classes ``[i * V_local, (i + 1) * V_local)``. Every function
-computes its local online statistics (:mod:`jaxsoft.large_vocab`: the max, the count of entries at
+computes its local row statistics (:mod:`jaxsoft._rowstats`: the max, the count of entries at
 the max, the rescaled sum of the others) and merges them with one ``lax.pmax`` and one
 ``lax.psum``; the label's logit is a masked local lookup (the label offset by
 ``axis_index * V_local``) summed with the same ``psum``. No device ever holds more than its own
@@ -12,7 +12,10 @@ Derivatives come from custom rules (a JVP for the log-sum-exp, VJPs for the loss
 written in terms of the merged statistics, so ``pmax`` is never differentiated: the result is
 invariant to the shift by the max, and treating it as a constant is exact. The gradient in the
 local logits is the local slice of ``softargmax - target``; a replicated ``h`` gets the ``psum``
-of the per-shard ``dh``.
+of the per-shard ``dh``. Both ``check_vma=True`` and ``check_vma=False`` give the true gradients,
+and ``h``/``labels`` may themselves be sharded over a data axis (a data x vocabulary mesh).
+The losses are ``custom_vjp``: reverse mode only (``jax.jvp``/``jax.jacfwd`` raise);
+:func:`sharded_logsumexp` is a ``custom_jvp`` and supports both modes.
 
 Example (8 devices, each holding an eighth of the vocabulary)::
 
@@ -25,16 +28,17 @@ Example (8 devices, each holding an eighth of the vocabulary)::
 from __future__ import annotations
 
 from functools import partial
+from typing import cast
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 from jax.typing import ArrayLike
 
-from jaxsoft import _checks
-from jaxsoft import large_vocab as _lv
-
-_NEG_INF = -jnp.inf
+from jaxsoft import _ce, _checks, _linear_ce
+from jaxsoft import _chunks as ch
+from jaxsoft import _rowstats as rs
 
 try:  # jax >= 0.7
     shard_map = jax.shard_map
@@ -42,23 +46,16 @@ except AttributeError:  # pragma: no cover - older jax
     from jax.experimental.shard_map import shard_map  # noqa: F401
 
 
-def _merge(st: _lv._Stats, axis_name, t) -> _lv._Stats:
-    m = lax.pmax(st.m, axis_name)
-    k, s = _lv._rescale(st, m, t)
-    k, s = lax.psum((k, s), axis_name)
-    return _lv._Stats(m, k, s)
-
-
 def _local_stats(x, t, mask):
     if mask is not None:
-        x = jnp.where(mask, x, _NEG_INF)
-    return x, _lv._block_stats(x, t)
+        x = jnp.where(mask, x, rs.NEG_INF)
+    return x, rs.block(x, t)
 
 
 @partial(jax.custom_jvp, nondiff_argnums=(3,))
 def _sharded_lse(x, t, mask, axis_name):
     _, st = _local_stats(x, t, mask)
-    return _lv._lse_finish(_merge(st, axis_name, t), t)
+    return rs.lse(rs.all_reduce(st, axis_name, t)[0], t)
 
 
 def _sharded_lse_jvp(axis_name, primals, tangents):
@@ -66,20 +63,20 @@ def _sharded_lse_jvp(axis_name, primals, tangents):
     x, t, mask = primals
     dx, dt, _ = tangents
     xm, st = _local_stats(x, t, mask)
-    st = _merge(st, axis_name, t)
-    lse = _lv._lse_finish(st, t)
-    p = _lv._block_probs(xm, st, t)
-    dot = jnp.zeros_like(x[..., :1])
-    if not _lv._is_zero(dx):
+    st = rs.all_reduce(st, axis_name, t)[0]
+    lse = rs.lse(st, t)
+    p = rs.probs(xm, st, t)
+    dot = jnp.zeros_like(lse)
+    if not rs.is_zero(dx):
         # where, not p * dx: a NaN or inf tangent on a masked entry must not reach the sum.
         dot = jnp.sum(p * (dx if mask is None else jnp.where(mask, dx, 0)), axis=-1, keepdims=True)
-    with_dt = t is not None and not _lv._is_zero(dt)
-    pz = _lv._block_pz(xm, p, st, t) if with_dt else jnp.zeros_like(dot)
+    with_dt = t is not None and not rs.is_zero(dt)
+    pz = rs.weighted_z(xm, p, st, t) if with_dt else jnp.zeros_like(dot)
     dot, pz = lax.psum((dot, pz), axis_name)
     dlse = dot
     if with_dt:
-        entropy = _lv._log_norm(st, t) - pz
-        dlse = dlse + jnp.where(st.m == _NEG_INF, 0, entropy) * dt
+        entropy = rs.log_norm(st, t) - pz
+        dlse = dlse + jnp.where(st.m == rs.NEG_INF, 0, entropy) * dt
     return lse, dlse
 
 
@@ -128,15 +125,11 @@ def sharded_logsumexp(
     x, t_arr, w, axes = _checks.prepare(name, x_local, -1, t, where)
     layout, xc, tc, mc, out_dtype = _checks.canonicalize(x, t_arr, w, axes, name)
     if layout.n == 0:
-        out = _sharded_empty(xc, axis_name)
+        # Every device has an empty block (the split is even), so the whole axis is empty.
+        out = jnp.full(xc.shape[:-1] + (1,), rs.NEG_INF, xc.dtype)
     else:
         out = _sharded_lse(xc, tc, mc, axis_name)
     return layout.reduced_from_canonical(out.astype(out_dtype), keepdims)
-
-
-def _sharded_empty(xc, axis_name):
-    # Every device has an empty block (the split is even), so the whole axis is empty.
-    return jnp.full(xc.shape[:-1] + (1,), _NEG_INF, xc.dtype)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -144,42 +137,57 @@ def _sharded_empty(xc, axis_name):
 # --------------------------------------------------------------------------------------------------
 
 
-def _ce_fwd(x, t, labels, valid, smoothing, axis_name):
+def _sce_fwd(x, t, labels, valid, smoothing, axis_name):
     n_local = x.shape[-1]
     n_classes = n_local * lax.axis_size(axis_name)
     y = labels - lax.axis_index(axis_name) * n_local
     cols = jnp.arange(n_local)
-    keep = jnp.ones_like(x, bool)
-    cs = _lv._ce_block(x, keep, cols, y, t, smoothing)
-    cs = _lv._all_reduce(cs, axis_name, t)
-    loss, rows = _lv._ce_finish(cs, labels, valid, t, smoothing, n_classes)
-    return loss, (x, t, labels, valid, cs.st, rows)
+    keep = jnp.ones(n_local, bool)
+    cs = _ce.ce_block(x, keep, cols, y, t, smoothing, 1.0 / n_classes)
+    cs = _ce.ce_all_reduce(cs, axis_name, t)
+    loss, zero_row, qz = _ce.ce_finish(cs, t, smoothing, n_classes)
+    in_range = (labels >= 0) & (labels < n_classes)
+    loss, zero_row, nan_row = _ce.settle(
+        loss, zero_row, in_range, None if valid is None else ~valid
+    )
+    return loss, (x, t, labels, valid, cs.st, zero_row, nan_row, qz)
 
 
-# A custom_vjp for the same reason as jaxsoft.large_vocab._lce: the rule is written against the
-# merged statistics, so no collective is ever differentiated.
+# A custom_vjp for the same reason as jaxsoft._linear_ce: the rule is written against the merged
+# statistics, so no collective is ever differentiated.
 @partial(jax.custom_vjp, nondiff_argnums=(4, 5))
 def _sharded_ce(x, t, labels, valid, smoothing, axis_name):
-    return _ce_fwd(x, t, labels, valid, smoothing, axis_name)[0]
+    return _sce_fwd(x, t, labels, valid, smoothing, axis_name)[0]
 
 
-def _sharded_ce_bwd(smoothing, axis_name, res, g):
-    x, t, labels, valid, st, rows = res
+def _sce_bwd(smoothing, axis_name, res, g):
+    x, t, labels, valid, st, zero_row, nan_row, qz = res
     n_local = x.shape[-1]
     n_classes = n_local * lax.axis_size(axis_name)
     y = labels - lax.axis_index(axis_name) * n_local
-    scale = _lv._ce_row_scale(g, rows, t)
-    keep = jnp.ones_like(x, bool)
-    gx, pz = _lv._ce_block_grad(
-        x, keep, jnp.arange(n_local), y, st, rows, scale, t, smoothing, n_classes
+    typed = ch.typed(x, axis_name)
+    if not typed:
+        # shard_map (check_vma=False) divided the replicated cotangent by the axis size.
+        g = lax.psum(g, axis_name)
+    scale = _ce.row_scale(g, zero_row, nan_row, t, x.dtype)
+    keep = jnp.ones(n_local, bool)
+    gx, pz = _ce.ce_block_grad(
+        x, keep, jnp.arange(n_local), y, st, ~zero_row, scale, t, smoothing, 1.0 / n_classes
     )
     dt = None
     if t is not None:
-        dt = _lv._ce_dt(g, rows, lax.psum(pz, axis_name), t).astype(t.dtype)
-    return gx, dt, _lv._int_zero(labels), _lv._int_zero(valid)
+        dt = _ce.ce_dt(g, zero_row, nan_row, lax.psum(pz, axis_name), qz, t)
+        if not typed:
+            dt = dt / lax.axis_size(axis_name)  # shard_map sums t's cotangent over the axis
+        dt = ch.reduce_cotangent(dt.astype(t.dtype), t)
+    return ch.reduce_cotangent(gx, x), dt, _int_zero(labels), _int_zero(valid)
 
 
-_sharded_ce.defvjp(_ce_fwd, _sharded_ce_bwd)
+def _int_zero(a):
+    return None if a is None else np.zeros(a.shape, jax.dtypes.float0)
+
+
+_sharded_ce.defvjp(_sce_fwd, _sce_bwd)
 
 
 def sharded_cross_entropy(
@@ -197,37 +205,46 @@ def sharded_cross_entropy(
         \mathrm{CE} = \mathrm{logsumexp}_j(z_j) - (1-\alpha) z_y - \tfrac{\alpha}{V}\textstyle\sum_j z_j,
         \qquad z = x / t
 
-    Call inside :func:`jax.shard_map` with the logits sharded on their last axis and the labels
-    replicated. Equal to :func:`jaxsoft.losses.cross_entropy` on the gathered logits (values,
+    Call inside :func:`jax.shard_map` with the logits sharded on their last axis over
+    ``axis_name`` and the labels replicated over it (rows may be sharded over a data axis). Equal to :func:`jaxsoft.losses.cross_entropy` on the gathered logits (values,
     gradients, edge rows), without gathering them: one ``pmax`` and one ``psum`` of ``O(N)``
     numbers. The label's logit is looked up locally at ``label - axis_index * V_local`` by the
     one device that holds it.
 
     Args:
       logits_local: this device's ``[..., V_local]`` block of the logits (float).
-      labels: global class indices in ``[0, V)``, shape ``logits_local.shape[:-1]``, replicated.
+      labels: global class indices in ``[0, V)``, shape ``logits_local.shape[:-1]``, replicated
+        over ``axis_name``.
       axis_name: the mesh axis (or tuple of axes) the classes are split over.
       t: scalar temperature ``>= 0``; differentiable. ``t = 0`` is the hard argmax.
       label_smoothing: ``alpha`` in ``[0, 1]`` (target ``(1 - alpha) onehot + alpha / V``).
       ignore_index: examples with this label get loss 0 and zero gradient.
 
     Returns:
-      Per-example losses of shape ``labels.shape`` (replicated), in the logits' float dtype.
-      Labels out of range give NaN (they cannot be checked: everything here is traced).
+      Per-example losses of shape ``labels.shape`` (replicated over ``axis_name``), in the
+      logits' float dtype. Labels out of range give NaN (the number of classes is only known
+      inside ``shard_map``). Gradients are right under ``check_vma`` True and False; reverse
+      mode only (a ``custom_vjp``: ``jax.jvp`` raises).
     """
     name = "sharded_cross_entropy"
     x = _checks.as_array(logits_local, name, "logits")
     if not jnp.issubdtype(x.dtype, jnp.floating) or x.ndim < 1:
         raise TypeError(f"{name}: logits must be a float array with a class axis, got {x.dtype}")
-    labels = _check_labels(name, labels, x.shape[:-1])
-    smoothing, t_arr, ignore = _check_common(name, t, label_smoothing, ignore_index)
-    out_dtype = x.dtype
-    xc = x.reshape(-1, x.shape[-1]).astype(_checks.compute_dtype(x.dtype))
-    lab = labels.reshape(-1).astype(jnp.int32)
+    ignore = _checks.check_ignore_index(name, ignore_index)
+    smoothing = _checks.check_smoothing(name, label_smoothing)
+    t_arr = _checks.check_scalar_temperature(name, t)
+    # The number of classes is only known inside shard_map: out-of-range labels give NaN.
+    labels = _checks.check_labels(
+        name, labels, x.shape[:-1], None, ignore, against=f"logits of shape {x.shape}"
+    )
+    cdt = _checks.compute_dtype(x.dtype)
+    xc = x.reshape(-1, x.shape[-1]).astype(cdt)
+    lab = labels.reshape(-1)
     valid = None if ignore is None else lab != ignore
-    t_arr = _prepare_t(t_arr)
-    loss = _sharded_ce(xc, t_arr, lab, valid, smoothing, axis_name)
-    return loss.reshape(labels.shape).astype(out_dtype)
+    t_c = _checks.traced_temperature(t_arr, cdt)
+    # cast: jax types a custom_vjp call as returning object.
+    loss = cast(jax.Array, _sharded_ce(xc, t_c, lab, valid, smoothing, axis_name))
+    return loss.reshape(labels.shape).astype(x.dtype)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -253,58 +270,34 @@ def sharded_linear_cross_entropy(
         \ell_i = \mathrm{logsumexp}_j(z_{ij}) - (1-\alpha) z_{iy_i}
           - \tfrac{\alpha}{V}\textstyle\sum_j z_{ij},\qquad z = (hW + b)/t
 
-    Call inside :func:`jax.shard_map` with ``h`` and ``labels`` replicated and ``W`` (and
-    ``bias``) sharded on the vocabulary axis. Each device walks its own ``V_local`` columns in
+    Call inside :func:`jax.shard_map` with ``W`` (and ``bias``) sharded on the vocabulary axis
+    over ``axis_name``, and ``h`` and ``labels`` replicated over it: they may be sharded over a
+    data axis (a data x vocabulary mesh), whose partial ``dW`` are then summed. Each device walks its own ``V_local`` columns in
     chunks of ``chunk_size`` (never forming even its ``[N, V_local]`` block), then the statistics
     are merged by one ``pmax`` and one ``psum``. Backward: each device recomputes its chunks,
     keeps its ``dW``/``dbias`` slice, and ``dh`` is ``psum``-ed.
 
     Args:
-      h: ``[..., d]`` hidden states, replicated.
+      h: ``[..., d]`` hidden states, replicated over ``axis_name``.
       W_local: this device's ``[d, V_local]`` columns of the head.
-      labels: global class indices of shape ``h.shape[:-1]``, replicated.
+      labels: global class indices of shape ``h.shape[:-1]``, replicated over ``axis_name``.
       axis_name: the mesh axis (or tuple of axes) the vocabulary is split over.
       bias_local: optional ``[V_local]`` slice of the bias.
       chunk_size, t, ignore_index, label_smoothing: as in ``linear_cross_entropy``.
 
     Returns:
-      Per-example losses of shape ``labels.shape`` (replicated), in the dtype of ``h @ W``.
+      Per-example losses of shape ``labels.shape`` (replicated over ``axis_name``), in the dtype
+      of ``h @ W``. Reverse mode only (a ``custom_vjp``), right under ``check_vma`` True and False.
     """
     name = "sharded_linear_cross_entropy"
-    chunk_size = _lv._check_chunk_size(name, chunk_size)
-    h, W, labels, bias, t_arr, ignore, smoothing = _lv._check_linear_args(
-        name, h, W_local, labels, bias_local, t, ignore_index, label_smoothing
+    chunk_size = _checks.check_chunk_size(name, chunk_size)
+    h, W, bias = _linear_ce.check_head(name, h, W_local, bias_local, what_w="W_local")
+    ignore = _checks.check_ignore_index(name, ignore_index)
+    smoothing = _checks.check_smoothing(name, label_smoothing)
+    t_arr = _checks.check_scalar_temperature(name, t)
+    labels = _checks.check_labels(
+        name, labels, h.shape[:-1], None, ignore, against=f"h of shape {h.shape}"
     )
-    h2, W, lab, valid, bias, t_arr, dtype = _lv._prepare_head(h, W, labels, bias, t_arr, ignore)
-    loss = _lv._lce(h2, W, bias, t_arr, lab, valid, chunk_size, smoothing, axis_name)
-    return loss.reshape(labels.shape).astype(dtype)
-
-
-# --------------------------------------------------------------------------------------------------
-# Validation (everything inside shard_map is traced: shapes and dtypes only).
-# --------------------------------------------------------------------------------------------------
-
-
-def _check_labels(name, labels, batch):
-    labels = _checks.as_array(labels, name, "labels")
-    if not jnp.issubdtype(labels.dtype, jnp.integer):
-        raise TypeError(f"{name}: labels must be integer class indices, got dtype {labels.dtype}")
-    if labels.shape != tuple(batch):
-        raise ValueError(f"{name}: labels of shape {labels.shape} do not match the batch {tuple(batch)}")
-    return labels
-
-
-def _check_common(name, t, label_smoothing, ignore_index):
-    # Reuse the linear head's checks on dummy shapes for t, smoothing and ignore_index.
-    _, _, _, _, t_arr, ignore, smoothing = _lv._check_linear_args(
-        name, jnp.zeros((1,)), jnp.zeros((1, 1)), jnp.zeros((), jnp.int32), None, t,
-        ignore_index, label_smoothing,
-    )
-    return smoothing, t_arr, ignore
-
-
-def _prepare_t(t):
-    if t is None:
-        return None
-    t = t.astype(jnp.float32)
-    return jnp.where((t >= 0) & (t < jnp.inf), t, jnp.nan)
+    h2, W, lab, valid, t_arr, dtype = _linear_ce.prepare_head(h, W, labels, t_arr, ignore)
+    loss = _linear_ce.linear_ce(h2, W, bias, t_arr, lab, valid, chunk_size, smoothing, axis_name)
+    return cast(jax.Array, loss).reshape(labels.shape).astype(dtype)

@@ -114,3 +114,68 @@ def test_ece_rejects_bad_arguments():
         expected_calibration_error(np.ones((2, 2)) / 2, np.array([0, 1]), n_bins=0)
     with pytest.raises(ValueError, match="labels of shape"):
         expected_calibration_error(np.ones((2, 2)) / 2, np.array([0, 1, 1]))
+
+
+# --------------------------------------------------------------------------------------------------
+# Regression tests for issue 12 (defects 4 and 12), named for the behaviour.
+# --------------------------------------------------------------------------------------------------
+
+
+def _many_probs(n=50_000, k=10, seed=8):
+    rng = np.random.default_rng(seed)
+    probs = np.asarray(softargmax(3 * rng.normal(size=(n, k)).astype(np.float32)))
+    return probs, rng.integers(0, k, n)
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_ece_of_low_precision_probabilities_is_accumulated_in_float32(dtype):
+    """Defect 4: 50k examples gave 0.052 (bf16) and 0.369 (f16) where the float32 ECE is 0.43:
+    the bins were summed in the input dtype. Reference: the loop over bins in float64 on the
+    same rounded probabilities."""
+    import jax.numpy as jnp
+
+    probs, labels = _many_probs()
+    low = jnp.asarray(probs, dtype)
+    got = expected_calibration_error(low, labels)
+    assert got.dtype == low.dtype
+    want = ece_reference(np.asarray(low, np.float64), labels, 15)
+    assert want > 0.3
+    # Only the result's final rounding to bf16 (8 bits) / f16 (11 bits) remains.
+    np.testing.assert_allclose(float(got), want, rtol=2**-7)
+
+
+def test_ece_rejects_logits_and_non_distributions():
+    """Defect 4: logits were silently accepted (ECE 3.84)."""
+    logits, labels = synthetic(9, n=20)
+    with pytest.raises(ValueError, match=r"\[0, 1\].*not logits"):
+        expected_calibration_error(logits, labels)
+    with pytest.raises(ValueError, match="sum to 1"):
+        expected_calibration_error(np.full((20, 10), 0.5, np.float32), labels)
+    with pytest.raises(ValueError, match="NaN"):
+        expected_calibration_error(np.full((20, 10), np.nan, np.float32), labels)
+
+
+def test_fit_temperature_with_nan_logits_raises_and_under_jit_returns_nan():
+    """Defect 12: a NaN logit silently returned the starting point t = 1."""
+    import jax
+
+    x, y = synthetic(10, n=50)
+    x[3, 2] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        fit_temperature(x, y)
+    assert np.isnan(float(jax.jit(fit_temperature)(x, y)))
+    # A NaN on a masked-out entry takes no part.
+    where = np.ones_like(x, bool)
+    where[3, 2] = False
+    y = np.where(y == 2, 0, y)
+    assert np.isfinite(float(fit_temperature(x, y, where=where)))
+
+
+def test_fit_temperature_of_bf16_logits_matches_the_float64_fit_of_the_same_values():
+    import jax.numpy as jnp
+
+    x, y = synthetic(11)
+    xb = jnp.asarray(x, jnp.bfloat16)
+    t = fit_temperature(xb, y)
+    assert t.dtype == jnp.float32  # computed in float32, as documented
+    np.testing.assert_allclose(float(t), fit_reference(np.asarray(xb, np.float64), y), rtol=1e-4)

@@ -164,14 +164,16 @@ def test_jacobians_are_softargmax_at_the_sample_and_straight_through_shares_them
 
 # One batch of edge rows, evaluated in one call, so a NaN or an empty row is also checked not to
 # leak into its neighbours' values or gradients.
-EDGE_LOGITS = np.array([
-    [0.5, -np.inf, 0.0, 1.0, -0.5],   # 0: a -inf entry
-    [0.5, np.nan, 0.0, 1.0, 1e30],    # 1: NaN and a huge value, both masked
-    [-np.inf] * 5,                    # 2: all -inf
-    [1.0, 2.0, 3.0, 4.0, 5.0],        # 3: fully masked
-    [0.0, np.nan, 1.0, 2.0, 3.0],     # 4: a NaN that takes part
-    LOGITS,                           # 5: t = 0
-])
+EDGE_LOGITS = np.array(
+    [
+        [0.5, -np.inf, 0.0, 1.0, -0.5],  # 0: a -inf entry
+        [0.5, np.nan, 0.0, 1.0, 1e30],  # 1: NaN and a huge value, both masked
+        [-np.inf] * 5,  # 2: all -inf
+        [1.0, 2.0, 3.0, 4.0, 5.0],  # 3: fully masked
+        [0.0, np.nan, 1.0, 2.0, 3.0],  # 4: a NaN that takes part
+        LOGITS,  # 5: t = 0
+    ]
+)
 EDGE_WHERE = np.ones((6, 5), bool)
 EDGE_WHERE[1, [1, 4]] = False
 EDGE_WHERE[3] = False
@@ -290,3 +292,28 @@ def test_invalid_arguments_raise(kwargs, error):
     key = kwargs.pop("key", KEY)
     with pytest.raises(error):
         gumbel_softargmax(key, jnp.asarray(LOGITS, jnp.float32), **kwargs)
+
+
+# ----------------------------------------------------------------------------------------------
+# Large logit magnitudes (issue 12, defect 3): the noise must not be rounded away.
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("offset", [2.0**20, -(2.0**20), 1e8, 1e30, -1e30])
+def test_hard_samples_at_large_logit_magnitudes_follow_softargmax_chi_square(offset):
+    """Noise added to unshifted logits was absorbed by rounding: at 2**20 the Gumbel noise is
+    quantised to 1/8, at 1e8 to 8, at 1e30 lost. The reference is the float64 softargmax of the
+    float32 logits as given (at 1e30 they collapse to one value: uniform)."""
+    logits = (LOGITS + offset).astype(np.float32)
+    counts, _ = _hard_counts(KEY, logits)
+    probs = _softmax64(logits.astype(np.float64))
+    keep = probs > 0
+    assert _chi2_pvalue(counts[keep], probs[keep]) > 1e-3
+
+
+@pytest.mark.parametrize("big", [1e8, 1e30, 3e38])
+def test_two_equal_huge_logits_are_drawn_half_and_half(big):
+    """[1e30, 1e30, 0] always gave index 0, [1e8, 1e8, 0] 98.4% / 1.6%."""
+    counts, _ = _hard_counts(KEY, np.array([big, big, 0.0]))
+    assert counts[2] == 0
+    assert _chi2_pvalue(counts[:2], [0.5, 0.5]) > 1e-3

@@ -383,10 +383,12 @@ def pick(edges, name, which="ours"):
 
 
 def test_edge_rows_agree_with_log_softargmax_in_values_and_grads(edges):
-    """Except fully masked rows, where the loss is 0 rather than -log 0 (SPEC 5.4)."""
-    keep = [i for i, n in enumerate(edges["names"]) if n != "fully_masked"]
+    """Except fully masked rows, where the loss is 0 rather than -log 0 (SPEC 5.4), and, for
+    probability targets, a target on a masked entry, which leaves the computation with it."""
     ref_loss, (ref_g,) = edges["ref"]
     for which in ("ours", "probs"):
+        skip = {"fully_masked"} | ({"masked_label"} if which == "probs" else set())
+        keep = [i for i, n in enumerate(edges["names"]) if n not in skip]
         loss, grads = edges[which]
         np.testing.assert_allclose(loss[keep], ref_loss[keep], rtol=1e-6)
         # Rows with a +inf loss: our convention is a zero gradient; the reference agrees.
@@ -412,9 +414,19 @@ def test_nan_row_stays_nan(edges):
 )
 def test_label_with_zero_probability_gives_inf_and_zero_grad(edges, name):
     for which in ("ours", "probs"):
+        if which == "probs" and name == "masked_label":
+            continue  # a target weight on a masked entry is ignored: see the test below
         got = pick(edges, name, which)
         if got is not None:
             assert got[0] == np.inf and np.all(got[1] == 0), which
+
+
+def test_probs_target_weight_on_masked_entry_is_ignored(edges):
+    """SPEC 5.4 (defect 6 of issue 12): the one-hot target sits on a masked entry, so no weight
+    is left: loss 0 and zero gradient (optax gives 0 too; we used to give +inf)."""
+    got = pick(edges, "masked_label", "probs")
+    if got is not None:
+        assert got[0] == 0 and np.all(got[1] == 0)
 
 
 def test_fully_masked_row_has_zero_loss_and_zero_grads(edges):
@@ -583,6 +595,10 @@ def test_shape_mismatch_names_both_shapes():
         cross_entropy_with_probs(rand((2, 5)), np.ones((2, 4)) / 4)
     with pytest.raises(ValueError, match=r"\(3,\).*\(2,\)"):
         sigmoid_cross_entropy(np.zeros(2), np.zeros(3))
+    # Issue 13: labels of another rank are not broadcast silently.
+    with pytest.raises(ValueError, match=r"labels of shape \(3,\) must have the shape"):
+        sigmoid_cross_entropy(np.zeros((2, 3)), np.zeros(3))
+    assert sigmoid_cross_entropy(np.zeros((2, 3)), np.zeros((1, 3))).shape == (2, 3)
     with pytest.raises(ValueError, match="axis 2 is out of bounds"):
         cross_entropy(rand((2, 5)), np.array([0, 1]), axis=2)
     with pytest.raises(ValueError, match="where of shape"):
@@ -644,3 +660,127 @@ def test_sigmoid_ce_is_stable_for_large_logits():
     np.testing.assert_allclose(got[:5], want, rtol=4 * F32_EPS, atol=0)
     np.testing.assert_array_equal(got[5:7], 0)
     np.testing.assert_allclose(got[7:], 1e4, rtol=1e-6)
+
+
+# --------------------------------------------------------------------------------------------------
+# Regression tests for issue 12 (defects 5-12), named for the behaviour.
+# --------------------------------------------------------------------------------------------------
+
+
+def test_per_example_where_leaves_whole_examples_out_like_optax():
+    """Defect 5: a where of shape [batch] is a per-example mask (as optax), not a class mask."""
+    x, y = rand((6, 5)), labels_for((6,), 5)
+    keep = np.array([True, False, True, True, False, True])
+    loss, (g,) = loss_and_grads(lambda a: cross_entropy(a, y, where=keep), x)
+    full = -np.take_along_axis(np_log_softmax(x), y[:, None], -1)[:, 0]
+    np.testing.assert_allclose(loss, np.where(keep, full, 0), rtol=1e-6)
+    np.testing.assert_allclose(loss, OPTAX_INT(x, y, where=keep), rtol=1e-6)
+    assert np.all(g[~keep] == 0)
+    mean = cross_entropy(x, y, where=keep, reduction="mean")
+    np.testing.assert_allclose(mean, full[keep].mean(), rtol=1e-6)
+    q = np.eye(5, dtype=np.float32)[y]
+    np.testing.assert_allclose(cross_entropy_with_probs(x, q, where=keep), loss, rtol=1e-6)
+
+
+def test_where_of_batch_rank_is_never_read_as_a_class_mask_when_batch_equals_classes():
+    """Defect 5: with batch == n_classes a [batch] where used to mask classes (wrong or +inf)."""
+    x, y = rand((5, 5)), labels_for((5,), 5)
+    keep = np.array([True, True, False, True, True])
+    got = cross_entropy(x, y, where=keep)
+    full = -np.take_along_axis(np_log_softmax(x), y[:, None], -1)[:, 0]
+    np.testing.assert_allclose(got, np.where(keep, full, 0), rtol=1e-6)
+    # A class mask is written with the logits' rank; any other rank is ambiguous and raises.
+    by_class = cross_entropy(x, y, where=keep[None, :] | (np.arange(5) == y[:, None]))
+    assert np.all(np.isfinite(by_class)) and not np.allclose(by_class, got)
+    with pytest.raises(ValueError, match="rank"):
+        cross_entropy(rand((2, 3, 4)), labels_for((2, 3), 4), where=np.ones(4, bool))
+    with pytest.raises(ValueError, match="per-example"):
+        cross_entropy(x, y, where=np.ones(4, bool))
+
+
+def test_cross_entropy_with_probs_where_ignores_targets_on_masked_entries():
+    """Defect 6 (SPEC 5.4): masked entries leave the computation with their target weight; optax
+    gives the same, we gave +inf with a zero gradient."""
+    x = np.array([[1.0, 2.0, 0.5, -1.0]], np.float32)
+    q = np.array([[0.25, 0.25, 0.25, 0.25]], np.float32)
+    where = np.array([[True, False, True, True]])
+    loss, (g, gq) = loss_and_grads(lambda a, b: cross_entropy_with_probs(a, b, where=where), x, q)
+    np.testing.assert_allclose(loss, OPTAX_PROBS(x, q, where=where), rtol=1e-6)
+    logp = np_log_softmax(x[:, [0, 2, 3]])
+    np.testing.assert_allclose(loss, -np.sum(0.25 * logp, -1), rtol=1e-6)
+    np.testing.assert_allclose(g[0, [0, 2, 3]], 0.75 * np.exp(logp[0]) - 0.25, atol=1e-6)
+    assert g[0, 1] == 0 and gq[0, 1] == 0
+
+
+@pytest.mark.parametrize("n", [4, 8192])  # XLA:CPU's fused max drops a NaN on long rows
+@pytest.mark.parametrize("t", [1.0, 0.0, 0.5])
+def test_nan_row_is_nan_even_when_the_label_sits_on_a_neg_inf_logit(n, t):
+    """Defect 7: the label on a -inf logit of a row holding a NaN gave +inf (and, on long rows,
+    a NaN row gave a finite loss)."""
+    x = np.tile(np.linspace(-1, 1, n, dtype=np.float32), (3, 1))
+    x[0, 1], x[0, 2] = np.nan, -np.inf
+    x[1, 3] = np.nan
+    y = np.array([2, 0, n - 1])  # row 2: the label on the max, finite at t = 0 too
+    for smoothing in (0.0, 0.1) if t else (0.0,):  # at t = 0 smoothing weighs p = 0 entries
+        f = lambda a: cross_entropy(a, y, t=t, label_smoothing=smoothing)
+        loss, (g,) = loss_and_grads(f, x)
+        assert np.all(np.isnan(loss[:2])) and np.isfinite(loss[2]), smoothing
+        assert np.all(np.isnan(g[:2])) and np.all(np.isfinite(g[2]))
+
+
+def test_finfo_min_logits_with_label_smoothing_are_finite_like_optax():
+    """Defect 8: two logits at finfo(float32).min (a common mask value) with label smoothing gave
+    +inf and a zero gradient; the exact loss is 1.7e37, which optax gets."""
+    lo = np.finfo(np.float32).min
+    x = np.array([[0.0, 1.0, lo, lo]], np.float32)
+    y = np.array([1])
+    loss, (g,) = loss_and_grads(lambda a: cross_entropy(a, y, label_smoothing=0.1), x)
+    q = np.asarray(optax.smooth_labels(np.eye(4)[y], 0.1))
+    np.testing.assert_allclose(loss, OPTAX_PROBS(x, q), rtol=1e-6)
+    logp = np_log_softmax(x)  # float64: the exact value, 0.1 / 4 * 2 * 3.4e38 + ...
+    np.testing.assert_allclose(loss, -np.sum(q * logp, -1), rtol=1e-6)
+    np.testing.assert_allclose(g, np.exp(logp) - q, atol=1e-7)
+
+
+def test_huge_opposite_logits_at_large_t_give_the_exact_loss():
+    """Defect 8: [3e38, -3e38, 0] at t = 1e6 gave +inf; the exact loss 6e32 is representable."""
+    x = np.array([[3e38, -3e38, 0.0]], np.float32)
+    loss, (g, gt) = loss_and_grads(lambda a, s: cross_entropy(a, np.array([1]), t=s), x, 1e6)
+    np.testing.assert_allclose(loss, (3e38 - -3e38) / 1e6, rtol=1e-6)
+    np.testing.assert_allclose(g, [[1e-6, -1e-6, 0.0]], rtol=1e-6)
+    np.testing.assert_allclose(gt, -6e32 / 1e6, rtol=1e-5)  # d/dt of (x_m - x_y)/t
+
+
+def test_probs_nan_row_is_nan_in_loss_and_gradient_at_t_zero_and_with_zero_targets():
+    """Defect 9: at t = 0 the loss was NaN but the gradient 0; with all-zero targets the loss was
+    0 but the gradient NaN. A NaN row is NaN in both (SPEC 6), its neighbours untouched."""
+    x = np.array([[np.nan, 0.0, 1.0], [0.5, 0.0, 1.0]], np.float32)
+    for t, q in ((0.0, np.eye(3)[[2, 2]]), (1.0, np.zeros((2, 3)))):
+        q = np.asarray(q, np.float32)
+        f = lambda a, b, s: cross_entropy_with_probs(a, b, t=s)
+        loss, (g, gq, _) = loss_and_grads(f, x, q, np.float32(t))
+        assert np.isnan(loss[0]) and np.all(np.isnan(g[0])) and np.all(np.isnan(gq[0])), t
+        assert np.isfinite(loss[1]) and np.all(np.isfinite(g[1])), t
+
+
+def test_mean_reduction_of_an_empty_batch_is_zero():
+    """Defect 10: reduction="mean" of an empty batch was NaN (0 with ignore_index); now 0, as a
+    batch with no example that counts (the convention of mean_over_valid)."""
+    x, y = np.zeros((0, 3), np.float32), np.zeros((0,), np.int32)
+    for kw in ({}, {"ignore_index": -1}):
+        got, (g,) = loss_and_grads(lambda a: cross_entropy(a, y, reduction="mean", **kw), x)
+        assert float(got) == 0.0 and g.shape == (0, 3)
+    assert float(cross_entropy_with_probs(x, x, reduction="mean")) == 0.0
+    assert float(mean_over_valid(jnp.zeros((0,)))) == 0.0
+    assert float(mean_over_valid(jnp.zeros((0,)), jnp.zeros((0,), bool))) == 0.0
+
+
+def test_int64_labels_beyond_int32_raise_instead_of_wrapping():
+    """Defect 11: an int64 NumPy label of 2**32 + 1 (x64 off) wrapped to class 1."""
+    x = rand((2, 3))
+    for bad in (2**32 + 1, -(2**32) + 1, 2**40):
+        with pytest.raises(ValueError, match=f"got {bad}"):
+            cross_entropy(x, np.array([0, bad], np.int64))
+    np.testing.assert_allclose(
+        cross_entropy(x, np.array([0, 2], np.int64)), cross_entropy(x, np.array([0, 2])), rtol=0
+    )

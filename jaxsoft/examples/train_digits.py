@@ -16,10 +16,11 @@ expected calibration error are reported before and after. Needs ``scikit-learn``
 from __future__ import annotations
 
 import argparse
+import itertools
 import time
 from collections.abc import Callable
 from functools import partial
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -54,9 +55,14 @@ class TrainResult(NamedTuple):
 def load_splits(seed: int = 0) -> Splits:
     """The digits data, shuffled with ``seed`` and split 1077/360/360 (60/20/20)."""
     # Imported here so that importing this module (e.g. for doctests) does not need scikit-learn.
-    from sklearn.datasets import load_digits
+    try:
+        from sklearn.datasets import load_digits
+    except ModuleNotFoundError as e:
+        raise ModuleNotFoundError(
+            "the digits example needs scikit-learn: pip install 'jaxsoft[examples]'"
+        ) from e
 
-    digits = load_digits()
+    digits: Any = load_digits()
     x = (digits.data / 16.0).astype(np.float32)
     y = digits.target.astype(np.int32)
     order = np.random.default_rng(seed).permutation(len(y))
@@ -70,7 +76,7 @@ def load_splits(seed: int = 0) -> Splits:
 def init_mlp(key: jax.Array, sizes: tuple[int, ...]) -> Params:
     """Glorot-uniform weights and zero biases for a dense net with layer ``sizes``."""
     params = []
-    for k, (n_in, n_out) in zip(jax.random.split(key, len(sizes) - 1), zip(sizes[:-1], sizes[1:])):
+    for k, (n_in, n_out) in zip(jax.random.split(key, len(sizes) - 1), itertools.pairwise(sizes)):
         limit = np.sqrt(6.0 / (n_in + n_out))
         params.append(
             (jax.random.uniform(k, (n_in, n_out), jnp.float32, -limit, limit), jnp.zeros(n_out))
@@ -78,7 +84,8 @@ def init_mlp(key: jax.Array, sizes: tuple[int, ...]) -> Params:
     return params
 
 
-def mlp_logits(params: Params, x: jax.Array) -> jax.Array:
+def mlp_logits(params: Params, x: jax.typing.ArrayLike) -> jax.Array:
+    x = jnp.asarray(x)
     for w, b in params[:-1]:
         x = jnp.tanh(x @ w + b)
     w, b = params[-1]
@@ -98,7 +105,7 @@ def train_step(params: Params, opt_state, x, y, learning_rate: float):
 
 
 @jax.jit
-def accuracy(params: Params, x: jax.Array, y: jax.Array) -> jax.Array:
+def accuracy(params: Params, x: jax.typing.ArrayLike, y: jax.typing.ArrayLike) -> jax.Array:
     return jnp.mean(jnp.argmax(mlp_logits(params, x), axis=-1) == y)
 
 
@@ -153,7 +160,7 @@ def calibration_report(params: Params, splits: Splits) -> dict[str, float]:
 
 
 def main(argv: list[str] | None = None) -> TrainResult:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--epochs", type=int, default=40)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--lr", type=float, default=3e-3)

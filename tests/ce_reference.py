@@ -1,0 +1,142 @@
+"""An independent float64 NumPy reference for the cross-entropy losses, edges included (SPEC 5, 6).
+
+Written from the definitions, row by row, without any jaxsoft code: ``log p`` by the max shift in
+float64, the limits for ``+inf`` entries and ``t = 0`` spelled out, and the gradient conventions of
+SPEC 5.4 (a ``+inf`` loss and ``t = 0`` have zero gradients, a NaN row NaN ones, masked entries and
+ignored or fully masked rows none).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from hypothesis import strategies as st
+
+INF = np.inf
+F32_MIN = float(np.finfo(np.float32).min)
+EDGE_VALUES = [-INF, INF, np.nan, 1e30, -1e30, F32_MIN, 0.0]
+
+
+def log_softargmax(x, t=1.0, mask=None):
+    """float64 ``log p`` of one row over the entries ``mask`` keeps (``-inf`` elsewhere)."""
+    with np.errstate(all="ignore"):
+        return _log_softargmax(x, t, mask)
+
+
+def _log_softargmax(x, t, mask):
+    x = np.asarray(x, np.float64)
+    keep = np.ones(x.shape, bool) if mask is None else np.asarray(mask, bool)
+    out = np.full(x.shape, -INF)
+    xs = x[keep]
+    if xs.size == 0:
+        return out
+    if np.isnan(xs).any():
+        out[keep] = np.nan
+        return out
+    m = xs.max()
+    if m == -INF:
+        return out
+    if m == INF or t == 0:
+        at = xs == m
+        v = np.where(at, -np.log(at.sum()), -INF)
+    else:
+        z = (xs - m) / t  # in float64 no finite float32 difference overflows
+        # log(1 + s), s the mass of all but one maximum: log1p keeps a tiny s (SPEC 2.5).
+        s = (
+            np.sum(np.exp(z)) - 1.0
+            if (z == 0).sum() > 1
+            else np.sum(np.exp(np.delete(z, np.argmax(z))))
+        )
+        v = z - np.log1p(s)
+    out[keep] = v
+    return out
+
+
+def cross_entropy(x, y, t=1.0, smoothing=0.0, mask=None, ignored=False):
+    """``(loss, dloss/dx, dloss/dt)`` of one row; float64."""
+    with np.errstate(all="ignore"):  # 0 * inf and inf - inf are resolved by the selects
+        return _cross_entropy(x, y, t, smoothing, mask, ignored)
+
+
+def _cross_entropy(x, y, t, smoothing, mask, ignored):
+    x = np.asarray(x, np.float64)
+    n = x.size
+    keep = np.ones(n, bool) if mask is None else np.asarray(mask, bool)
+    if ignored or not keep.any():
+        return 0.0, np.zeros(n), 0.0
+    logp = log_softargmax(x, t, keep)
+    if np.isnan(logp).any():  # masked entries never get a gradient, not even on a NaN row
+        return np.nan, np.where(keep, np.nan, 0.0), np.nan
+    q = np.zeros(n)
+    q[y] = 1 - smoothing
+    q[keep] += smoothing / keep.sum()
+    terms = np.where(q > 0, -q * logp, 0.0)
+    loss = float(np.sum(terms))
+    if loss == INF or t == 0:
+        return loss, np.zeros(n), 0.0
+    p = np.exp(logp)
+    g = (p - q) / t
+    # d/dt: (H(p) - CE) / t, H the entropy of p.
+    h = -np.sum(np.where(p > 0, p * logp, 0.0))
+    return loss, np.where(keep, g, 0.0), (h - loss) / t
+
+
+def cross_entropy_rows(x, y, t=1.0, smoothing=0.0, mask=None, ignored=None):
+    """Row-wise :func:`cross_entropy` over a ``[N, n]`` batch; ``t`` a scalar or one per row."""
+    x = np.asarray(x, np.float64)
+    t = np.broadcast_to(np.asarray(t, np.float64), x.shape[:1])
+    out = [
+        cross_entropy(
+            x[i],
+            int(y[i]),
+            float(t[i]),
+            smoothing,
+            None if mask is None else mask[i],
+            False if ignored is None else bool(ignored[i]),
+        )
+        for i in range(x.shape[0])
+    ]
+    loss = np.array([o[0] for o in out])
+    return loss, np.stack([o[1] for o in out]), np.array([o[2] for o in out])
+
+
+def assert_close(got, want, rtol, atol=0.0, what=""):
+    """``got`` (any float dtype) equals ``want`` within tolerance, with the same NaN and inf."""
+    got = np.asarray(got, np.float64)
+    want = np.asarray(want, np.float64)
+    assert got.shape == want.shape, (what, got.shape, want.shape)
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(want), err_msg=f"{what}: NaN pattern")
+    inf = np.isinf(want)
+    np.testing.assert_array_equal(got[inf], want[inf], err_msg=f"{what}: inf pattern")
+    fin = np.isfinite(want)
+    assert np.isfinite(got[fin]).all(), (what, got[fin])
+    np.testing.assert_allclose(got[fin], want[fin], rtol=rtol, atol=atol, err_msg=what)
+
+
+@st.composite
+def ce_rows(draw, n=4, v=16, ts=(1.0, 0.7, 2.0, 0.0)):
+    """Logits of mixed scale with edge values injected, labels (sometimes on an edge), t."""
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    scale = draw(st.sampled_from([0.1, 3.0, 30.0]))
+    x = (rng.normal(size=(n, v)) * scale).astype(np.float32)
+    y = rng.integers(0, v, size=n).astype(np.int32)
+    hits = draw(
+        st.lists(
+            st.tuples(st.integers(0, n - 1), st.integers(0, v - 1), st.sampled_from(EDGE_VALUES)),
+            max_size=5,
+        )
+    )
+    for r, c, val in hits:
+        x[r, c] = val
+    if draw(st.booleans()):
+        x[0] = -np.inf  # an empty row
+    if draw(st.booleans()):
+        x[1, : v // 2] = 1e30  # huge ties across devices
+    if draw(st.booleans()):
+        y[2] = int(np.argmax(np.nan_to_num(x[2], nan=-np.inf)))
+    # No label on the most negative finite values at t < 1: a loss beyond float32's range is +inf
+    # there, whose zero gradient the float64 reference (finite) would not share.
+    t = draw(st.sampled_from(ts))
+    for r in range(n):
+        if x[r, y[r]] == F32_MIN:
+            x[r, y[r]] = 0.0
+    return x, y, np.float32(t)
