@@ -4,6 +4,7 @@ softArgMax (``softmax``), log-sum-exp (the "good softMax"), log-softArgMax, the 
 mean (the "bad softMax"), their Jacobians and the losses built on them.
 """
 
+from jaxsoft._attention import attention, merge_attention
 from jaxsoft._core import (
     log_softargmax,
     log_softmax,
@@ -12,8 +13,8 @@ from jaxsoft._core import (
     softargmax_mean,
     softmax,
 )
-from jaxsoft._version import __version__
 from jaxsoft._jacobian import softargmax_jacobian, softargmax_jvp, softargmax_vjp
+from jaxsoft._version import __version__
 from jaxsoft.calibration import expected_calibration_error, fit_temperature
 from jaxsoft.divergences import entropy, kl_divergence
 from jaxsoft.gumbel import gumbel_softargmax
@@ -27,33 +28,34 @@ from jaxsoft.losses import (
 from jaxsoft.sampling import sample, sampling_mask, sharded_sample
 from jaxsoft.sharded import sharded_cross_entropy, sharded_linear_cross_entropy, sharded_logsumexp
 
-
 __all__ = [
-    "entropy",
-    "kl_divergence",
-    "sample",
-    "sampling_mask",
-    "sharded_sample",
     "__version__",
+    "attention",
     "chunked_logsumexp",
-    "linear_cross_entropy",
-    "sharded_cross_entropy",
-    "sharded_linear_cross_entropy",
-    "sharded_logsumexp",
     "cross_entropy",
     "cross_entropy_with_probs",
+    "entropy",
     "expected_calibration_error",
     "fit_temperature",
-    "mean_over_valid",
-    "sigmoid_cross_entropy",
     "gumbel_softargmax",
+    "kl_divergence",
+    "linear_cross_entropy",
     "log_softargmax",
     "log_softmax",
     "logsumexp",
+    "mean_over_valid",
+    "merge_attention",
+    "sample",
+    "sampling_mask",
+    "sharded_cross_entropy",
+    "sharded_linear_cross_entropy",
+    "sharded_logsumexp",
+    "sharded_sample",
+    "sigmoid_cross_entropy",
     "softargmax",
-    "softargmax_mean",
-    "softmax",
     "softargmax_jacobian",
     "softargmax_jvp",
+    "softargmax_mean",
     "softargmax_vjp",
+    "softmax",
 ]
