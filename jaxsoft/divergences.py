@@ -1,7 +1,10 @@
 """Entropy and KL divergence of softargmax distributions, dense, exact where they are tiny.
 
-Both work in the canonical layout of :mod:`jaxsoft._checks` on the outputs ``(lse, p, log p)`` of
-the shared kernel :func:`jaxsoft._core._core`, and have custom JVPs built from those outputs.
+Both work in the canonical layout of :mod:`jaxsoft._checks` and have custom JVPs. Values and
+``dx``/``dy`` coefficients come from the fused arithmetic of :mod:`jaxsoft._divergences_fast`;
+a batch holding a row it cannot do (``t = 0``, ``+inf``, NaN, empty rows, KL rows with an
+infinite ``y - x`` or far-apart rows) takes :mod:`jaxsoft._divergences_exact` instead, through
+one :func:`jax.lax.cond` on per-row flags, as do derivatives in ``t``.
 
 Edge semantics (SPEC sections 6 and 8.4), per row:
 
@@ -22,8 +25,6 @@ Gradients are finite wherever the value is (zero on ``+inf`` KL rows and at ``t 
 from __future__ import annotations
 
 from functools import partial
-from math import factorial
-from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -32,27 +33,33 @@ from jax.custom_derivatives import SymbolicZero
 from jax.typing import ArrayLike
 
 from jaxsoft import _checks
-from jaxsoft._core import _core
-
-_NEG_INF = -jnp.inf
+from jaxsoft import _divergences_exact as exact
+from jaxsoft import _divergences_fast as fast
 
 
 def _is_zero(tangent) -> bool:
     return tangent is None or isinstance(tangent, SymbolicZero)
 
 
-def _rowsum(a: jax.Array, mask: jax.Array | None = None) -> jax.Array:
+def _rowsum(a: jax.Array, mask: jax.Array | None) -> jax.Array:
     return jnp.sum(a, axis=-1, keepdims=True, where=mask)
 
 
-def _over_t(a: jax.Array, t: jax.Array | None) -> jax.Array:
-    return a if t is None else a / jnp.where(t == 0, 1, t)
+def _masked(dx: jax.Array, mask: jax.Array | None) -> jax.Array:
+    return dx if mask is None else jnp.where(mask, dx, 0)
 
 
-def _hard_rows(lse: jax.Array, t: jax.Array | None) -> jax.Array:
-    """Rows whose distribution is piecewise constant in its inputs: ``t = 0`` or a ``+inf`` max."""
-    hard = lse == jnp.inf
-    return hard if t is None else hard | (t == 0)
+def _f32(x: jax.Array) -> jax.Array:
+    """bf16/f16 logits in float32 (SPEC 7), for the exact path; the public functions pass them
+    in their own dtype, and each fast pass converts for itself (:func:`_divergences_fast.widen`),
+    so that a single-pass kernel keeps the conversion inside its loop."""
+    return fast.widen(x)
+
+
+def _pick(bad: jax.Array, exact_fn, fast_value):
+    """``fast_value``, or ``exact_fn()`` when any row is ``bad``: only per-row flags decide, so
+    XLA never computes the exact path on a regular batch."""
+    return jax.lax.cond(jnp.any(bad), exact_fn, lambda: fast_value)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -60,42 +67,29 @@ def _hard_rows(lse: jax.Array, t: jax.Array | None) -> jax.Array:
 # --------------------------------------------------------------------------------------------------
 
 
-def _entropy_from(p: jax.Array, logp: jax.Array) -> jax.Array:
-    # Every term -p log p is >= 0 (log p = z - log1p(s) with z <= 0), so the sum has no
-    # cancellation: the log1p-accurate log p of a near-one-hot row gives H to a few ulps. The
-    # log is cleaned before the product (0 log 0 = 0), so reverse mode never forms 0 * (-inf);
-    # a NaN p stays NaN (NaN == 0 is False).
-    return _rowsum(p * -jnp.where(p == 0, 0, logp))
-
-
 @jax.custom_jvp
 def _entropy(x: jax.Array, t: jax.Array | None, mask: jax.Array | None) -> jax.Array:
     """``H(softargmax_t(x))`` for canonical ``x``; shape ``(*batch, 1)``."""
-    _, p, logp = _core(x, t, mask)
-    return _entropy_from(p, logp)
+    h, bad = fast.entropy_forward(x, t, mask)
+    return _pick(bad, lambda: exact.entropy(_f32(x), t, mask), h)
 
 
 def _entropy_jvp(primals, tangents):
-    """``dH = -<p (log p + H), dx> / t + Var_p(log p) / t * dt``.
-
-    With ``g = log p + H`` (``log p`` centred under ``p``): ``dp_i = p_i (dx_i - <p, dx>) / t``
-    and ``dH = -<dp, log p>`` give the first term; ``dp/dt = -p g / t`` gives ``<p, g^2> / t``,
-    which is never negative (SPEC 1.6) and has no cancellation. Rows at ``t = 0`` or with a
-    ``+inf`` maximum are piecewise constant: zero tangent.
-    """
+    """``dH = -<p (log p + H), dx> / t`` (+ ``Var_p(log p) / t * dt``, from the exact path)."""
     x, t, mask = primals
     dx, dt, _ = tangents
-    lse, p, logp = _core(x, t, mask)
-    h = _entropy(x, t, mask)
-    hard = _hard_rows(lse, t)
-    g = jnp.where(p == 0, 0, logp + h)
-    dh = jnp.zeros_like(h)
-    if not _is_zero(dx):
-        cx = jnp.where(hard, 0, _over_t(-p * g, t))
-        dh = dh + _rowsum(cx * (dx if mask is None else jnp.where(mask, dx, 0)), mask)
     if t is not None and not _is_zero(dt):
-        dh = dh + jnp.where(hard, 0, _over_t(_rowsum(p * g * g), t)) * dt
-    return h, dh
+        return exact.entropy_jvp((_f32(x), t, mask), tangents)
+    st = fast.entropy_stats(x, t, mask)
+    h = _pick(st.bad, lambda: exact.entropy(_f32(x), t, mask), st.h)
+    if _is_zero(dx):
+        return h, jnp.zeros_like(h)
+    cx = jax.lax.cond(
+        jnp.any(st.bad),
+        lambda: exact.entropy_cx(_f32(x), t, mask),
+        lambda: fast.entropy_cx(x, t, mask, st),
+    )
+    return h, _rowsum(cx * _masked(dx, mask), mask)
 
 
 _entropy.defjvp(_entropy_jvp, symbolic_zeros=True)
@@ -106,151 +100,35 @@ _entropy.defjvp(_entropy_jvp, symbolic_zeros=True)
 # --------------------------------------------------------------------------------------------------
 
 
-def _series_coeffs(dtype) -> tuple[float, ...]:
-    # h(d) = (d - 1) e^d + 1 = sum_{k>=2} (k - 1) d^k / k!; on |d| <= 1 the first dropped term
-    # is below the dtype's eps relative to h (h(-1) = 0.264 is the smallest ratio).
-    kmax = 20 if jnp.finfo(dtype).bits > 32 else 12
-    return tuple((k - 1) / factorial(k) for k in range(2, kmax + 1))
-
-
-def _p_times_h(p: jax.Array, d: jax.Array, pe: jax.Array) -> jax.Array:
-    """``p * h(d)``, ``h(d) = (d - 1) e^d + 1 >= 0``, given ``pe = p e^d`` (never overflowing).
-
-    The series keeps ``h ~ d^2 / 2`` to full relative accuracy where the closed form cancels.
-    ``d = -inf`` (``q = 0``) gives ``p``.
-    """
-    small = jnp.abs(d) <= 1
-    ds = jnp.where(small, d, 0)
-    poly = jnp.zeros_like(ds)
-    for c in reversed(_series_coeffs(d.dtype)):
-        poly = poly * ds + c
-    dl = jnp.where(small | (d == _NEG_INF), 0, d)
-    closed = jnp.where(d == _NEG_INF, p, (dl - 1) * pe + p)
-    return jnp.where(small, p * (ds * ds * poly), closed)
-
-
-class _KLParts(NamedTuple):
-    kl: jax.Array  # (*batch, 1)
-    p: jax.Array
-    q: jax.Array
-    logp: jax.Array
-    r: jax.Array  # log q - log p where q, p > 0 (-inf where only p > 0 in centred rows)
-    centred: jax.Array  # (*batch, 1) bool: r and the value come from the centred form
-
-
-def _kl_parts(x: jax.Array, y: jax.Array, t: jax.Array | None, mask: jax.Array | None):
-    """``KL(q || p)``, choosing per row between two forms by their error bounds.
-
-    Textbook: ``sum q (log q - log p)``; its error is about ``eps * (2 H(q) + KL)``, which is
-    far above KL when the distributions nearly agree (the terms cancel). Centred: with
-    ``d = (delta - mu) / t``, ``delta = y - x`` (exact in floating point when the logits are
-    close) and ``mu`` its mean under ``p``, ``q_i = p_i e^{d_i} / A``, ``A = E_p[e^d] = 1 + a``,
-    and for any ``d``
-
-        KL = E_q[d] - log A = S / (1 + a) + (a / (1 + a) - log1p(a)),  S = E_p[(d - 1) e^d + 1].
-
-    ``S`` sums non-negative terms (computed by a series for ``|d| <= 1``) and the bracket is
-    ``~ -a^2 / 2``, with ``a = KL(p || q)``-sized: no cancellation when ``q ~ p``. Its error is
-    about ``eps * (S / (1 + a) - bracket)``; the row takes whichever bound is smaller. Rows at
-    ``t = 0``, with ``+inf``/NaN, or with ``q_i > 0 = p_i`` use the textbook form.
-    """
-    dtype = x.dtype
-    lse_x, p, logp = _core(x, t, mask)
-    lse_y, q, logq = _core(y, t, mask)
-    live_p = logp != _NEG_INF
-    live_q = logq != _NEG_INF
-    # q_i > 0 = p_i makes KL infinite even where q_i underflows to 0 (log q_i is finite).
-    no_p_mass = jnp.any(live_q & ~live_p, axis=-1, keepdims=True)
-    r_text = jnp.where((q == 0) | ~live_p, 0, logq - logp)
-    kl_text = jnp.where(no_p_mass, jnp.inf, _rowsum(q * r_text))
-    h_q = _entropy_from(q, logq)
-
-    both = live_p & live_q
-    only_p = live_p & ~live_q
-    regular = jnp.isfinite(lse_x) & jnp.isfinite(lse_y) & ~no_p_mass
-    if t is not None:
-        regular &= t > 0
-    # Halves keep y - x finite for logits near the float maximum; centring twice makes the
-    # residual shift E_p[d] a rounding of the small differences, not of a large common offset.
-    pb = jnp.where(both, p, 0)
-    mass = _rowsum(pb)
-    mass = jnp.where(mass > 0, mass, 1)
-    hd = jnp.where(both, y * 0.5 - x * 0.5, 0)
-    e1 = jnp.where(both, hd - _rowsum(pb * hd) / mass, 0)
-    e2 = (e1 - _rowsum(pb * e1) / mass) * 2
-    d = jnp.where(both, e2 if t is None else e2 / jnp.where(regular, t, 1), 0)
-    # pe = p e^d = A q. Beyond dmax, e^d alone could overflow though p e^d does not (entries
-    # where p and q both underflow), so it is exp(log p + d) there. Rows where A q exceeds
-    # e^lmax are far apart (KL(p || q) = log A > lmax) and take the textbook form.
-    big = jnp.finfo(dtype).bits > 32
-    dmax, lmax = (512.0, 300.0) if big else (64.0, 40.0)
-    lpd = jnp.where(both, logp + d, _NEG_INF)
-    regular &= ~jnp.any(lpd > lmax, axis=-1, keepdims=True)
-    pe = jnp.where(d <= dmax, pb * jnp.exp(jnp.minimum(d, dmax)), jnp.exp(jnp.minimum(lpd, lmax)))
-    d_full = jnp.where(only_p, _NEG_INF, d)
-    s = _rowsum(jnp.where(both | only_p, _p_times_h(p, d_full, pe), 0))
-    small = jnp.abs(d) <= 1
-    pa = jnp.where(small, pb * jnp.expm1(jnp.where(small, d, 0)), pe - pb)
-    a = _rowsum(jnp.where(only_p, -p, pa))
-    regular &= jnp.isfinite(s) & (a > -0.5)
-    a = jnp.where(regular, a, 0)
-    s = jnp.where(regular, s, 0)
-    first = s / (1 + a)
-    bracket = a / (1 + a) - jnp.log1p(a)
-    centred = regular & (first - bracket <= 2 * h_q + kl_text)
-    kl = jnp.where(centred, first + bracket, kl_text)
-    r_cent = jnp.where(both, d - jnp.log1p(a), jnp.where(only_p, _NEG_INF, 0))
-    r = jnp.where(centred, r_cent, r_text)
-    # max(., 0): rounding must not make KL negative; NaN stays NaN.
-    return _KLParts(jnp.maximum(kl, 0), p, q, logp, r, centred)
-
-
 @jax.custom_jvp
 def _kl(x: jax.Array, y: jax.Array, t: jax.Array | None, mask: jax.Array | None) -> jax.Array:
     """``KL(softargmax_t(y) || softargmax_t(x))`` for canonical ``x, y``; shape ``(*batch, 1)``."""
-    return _kl_parts(x, y, t, mask).kl
+    st = fast.kl_stats(x, y, t, mask)
+    return _pick(st.bad, lambda: exact.kl(_f32(x), _f32(y), t, mask), st.kl)
 
 
 def _kl_jvp(primals, tangents):
-    """Tangent of ``KL(q || p)``, with ``r = log q - log p`` and ``Q = sum q``:
-
-    ``dKL = <Q p - q, dx> / t + <q (r - KL), dy> / t - (<w, log p + H(p)> + Var_q(r)) / t * dt``,
-    ``w = Q p - q + q (r - KL)``, which is ``p h(r) - KL q`` when ``Q = 1`` (``h`` as in
-    :func:`_p_times_h`). The ``t`` term is ``-(<grad_u, u> + <grad_v, v>) / t`` with ``u = x / t``,
-    ``v = y / t``, shifted to ``log p``, ``log q`` (the gradients sum to 0). In centred rows,
-    ``q - p = p expm1(r)`` and ``p h(r)`` keep the tangents accurate when ``q ~ p``. ``+inf`` rows
-    and ``t = 0`` rows have zero tangent.
-    """
+    """``dKL = <p - q, dx> / t + <q (log q - log p - KL), dy> / t`` (+ the ``t`` term, from the
+    exact path); ``p - q = -p expm1(r)`` keeps its digits when ``q ~ p``."""
     x, y, t, mask = primals
     dx, dy, dt, _ = tangents
-    kl = _kl(x, y, t, mask)
-    parts = _kl_parts(x, y, t, mask)
-    p, q, logp, r, centred = parts.p, parts.q, parts.logp, parts.r, parts.centred
-    zero_row = kl == jnp.inf if t is None else (kl == jnp.inf) | (t == 0)
-    # The coefficients are cleaned, not the tangent: in reverse mode a zero cotangent times an
-    # infinite coefficient would still be NaN.
-    kl_s = jnp.where(zero_row, 0, kl)
-    rk = jnp.where((q == 0) | zero_row, 0, r - kl_s)
-    r_c = jnp.where(centred, r, 0)  # -inf where only p > 0, where expm1 gives -1 and h gives 1
-
-    def coefficient(c):
-        return jnp.where(zero_row, 0, _over_t(c, t))
-
-    qp = _rowsum(q) * p - q  # the target mass Q is 1, or 0 on a row whose target is all -inf
-    dkl = jnp.zeros_like(kl)
-    if not _is_zero(dx):
-        # q - p = p expm1(r) keeps its digits when q ~ p; for |r| > 1 (where p may underflow
-        # to 0 with r huge) q - p itself has no cancellation.
-        small = jnp.abs(r_c) <= 1
-        cx = coefficient(jnp.where(centred & small, -p * jnp.expm1(jnp.where(small, r_c, 0)), qp))
-        dkl = dkl + _rowsum(cx * (dx if mask is None else jnp.where(mask, dx, 0)), mask)
-    if not _is_zero(dy):
-        cy = coefficient(q * rk)
-        dkl = dkl + _rowsum(cy * (dy if mask is None else jnp.where(mask, dy, 0)), mask)
     if t is not None and not _is_zero(dt):
-        w = jnp.where(centred, _p_times_h(p, r_c, q) - kl_s * q, qp + q * rk)
-        centred_logp = jnp.where(p == 0, 0, logp + _entropy_from(p, logp))
-        dkl = dkl - coefficient(_rowsum(w * centred_logp) + _rowsum(q * rk * rk)) * dt
+        return exact.kl_jvp((_f32(x), _f32(y), t, mask), tangents)
+    st = fast.kl_stats(x, y, t, mask)
+    kl = _pick(st.bad, lambda: exact.kl(_f32(x), _f32(y), t, mask), st.kl)
+    with_x, with_y = not _is_zero(dx), not _is_zero(dy)
+    dkl = jnp.zeros_like(kl)
+    if not (with_x or with_y):
+        return kl, dkl
+    cx, cy = jax.lax.cond(
+        jnp.any(st.bad),
+        lambda: exact.kl_cx_cy(_f32(x), _f32(y), t, mask, with_x, with_y),
+        lambda: fast.kl_cx_cy(x, y, t, mask, st, with_x, with_y),
+    )
+    if cx is not None:
+        dkl = dkl + _rowsum(cx * _masked(dx, mask), mask)
+    if cy is not None:
+        dkl = dkl + _rowsum(cy * _masked(dy, mask), mask)
     return kl, dkl
 
 
@@ -262,10 +140,26 @@ _kl.defjvp(_kl_jvp, symbolic_zeros=True)
 # --------------------------------------------------------------------------------------------------
 
 
+def _own_dtype(layout: _checks.Layout, x: jax.Array, xc: jax.Array) -> jax.Array:
+    """Half-precision logits stay in their dtype (see :func:`_f32`); others as canonicalised."""
+    if jnp.issubdtype(x.dtype, jnp.floating) and jnp.finfo(x.dtype).bits < 32:
+        return layout.to_canonical(x)
+    return xc
+
+
+def _compute_dtype(xc: jax.Array):
+    return _f32(xc).dtype
+
+
 @partial(jax.jit, static_argnames=("axes", "keepdims"))
 def _entropy_apply(x, t, where, *, axes, keepdims):
     layout, xc, tc, mc, out_dtype = _checks.canonicalize(x, t, where, axes, "entropy")
-    out = jnp.zeros(layout.batch + (1,), xc.dtype) if layout.n == 0 else _entropy(xc, tc, mc)
+    xc = _own_dtype(layout, x, xc)
+    out = (
+        jnp.zeros(layout.batch + (1,), _compute_dtype(xc))
+        if layout.n == 0
+        else _entropy(xc, tc, mc)
+    )
     return layout.reduced_from_canonical(out.astype(out_dtype), keepdims)
 
 
@@ -273,7 +167,10 @@ def _entropy_apply(x, t, where, *, axes, keepdims):
 def _kl_apply(x, y, t, where, *, axes, keepdims):
     layout, xc, tc, mc, out_dtype = _checks.canonicalize(x, t, where, axes, "kl_divergence")
     yc = layout.to_canonical(jnp.broadcast_to(y, x.shape).astype(xc.dtype))
-    out = jnp.zeros(layout.batch + (1,), xc.dtype) if layout.n == 0 else _kl(xc, yc, tc, mc)
+    xc, yc = _own_dtype(layout, x, xc), _own_dtype(layout, jnp.broadcast_to(y, x.shape), yc)
+    out = (
+        jnp.zeros(layout.batch + (1,), _compute_dtype(xc)) if layout.n == 0 else _kl(xc, yc, tc, mc)
+    )
     return layout.reduced_from_canonical(out.astype(out_dtype), keepdims)
 
 

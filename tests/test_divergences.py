@@ -219,20 +219,24 @@ def test_float64(x64):
 
 
 def test_entropy_of_near_one_hot_rows_to_a_few_ulps():
+    # One batch (rows padded with -inf, which are left out): one compile.
     rows = [
-        [0.0, -30.0, -40.0],
-        [0.0, -20.0, -21.0],
-        [5.0, -60.0, -70.0, -80.0],
-        [0.0, -87.0],
-        [1e4, 1e4 - 25.0, 1e4 - 35.0],
+        ([0.0, -30.0, -40.0], 1.0),
+        ([0.0, -20.0, -21.0], 1.0),
+        ([5.0, -60.0, -70.0, -80.0], 1.0),
+        ([0.0, -87.0], 1.0),
+        ([1e4, 1e4 - 25.0, 1e4 - 35.0], 1.0),
+        ([0.0, -15.0, -20.0], 0.5),
     ]
-    for row in rows:
-        x = np.asarray(row, np.float32)
-        got = float(entropy(x))
-        assert got > 0
-        assert ulps(got, mp_entropy_row(x)) <= 4, (row, got, mp_entropy_row(x))
-    x = np.asarray([0.0, -15.0, -20.0], np.float32)
-    assert ulps(float(entropy(x, t=0.5)), mp_entropy_row(x, 0.5)) <= 4
+    x = np.full((len(rows), 4), -INF, np.float32)
+    for i, (row, _) in enumerate(rows):
+        x[i, : len(row)] = row
+    t = np.array([s for _, s in rows], np.float32)
+    got = np.asarray(entropy(x, t=t))
+    for g, row, s in zip(got, x, t):
+        expected = mp_entropy_row(row, s)
+        assert g > 0
+        assert ulps(g, expected) <= 4, (row, g, expected)
 
 
 @pytest.mark.parametrize("target_kl", [1e-10, 5e-11])
@@ -255,6 +259,21 @@ def test_kl_of_nearly_equal_near_one_hot_rows():
     y = (x + np.array([[0, 1e-3, -2e-3, 1e-3], [0, 1e-6, -1e-5, 2e-5]])).astype(np.float32)
     expected = ref_kl(x, y)
     np.testing.assert_allclose(kl_divergence(x, y), expected, rtol=1e-4)
+
+
+def test_kl_where_model_probabilities_underflow_but_target_ones_do_not():
+    # p_1 = e^-95 underflows in float32 while q_1 = e^-10 / (1 + e^-10) does not: its term
+    # q_1 (log q_1 - log p_1) ~ 3.8e-3 must not vanish with p_1, nor must q_1 in the gradients.
+    x = np.array([[0.0, -95.0, -3.0], [0.0, -90.0, -1.0]], np.float32)
+    y = np.array([[0.0, -10.0, -3.0], [0.0, -20.0, -1.0]], np.float32)
+    kl, (gx, gy) = values_and_grads(kl_divergence, x, y)
+    np.testing.assert_allclose(kl, ref_kl(x, y), rtol=1e-5)
+    xd, yd = x.astype(np.float64), y.astype(np.float64)
+    p = np.exp(xd) / np.exp(xd).sum(-1, keepdims=True)
+    q = np.exp(yd) / np.exp(yd).sum(-1, keepdims=True)
+    np.testing.assert_allclose(gx, p - q, rtol=1e-5, atol=1e-12)
+    lr = np.log(q) - np.log(p)
+    np.testing.assert_allclose(gy, q * (lr - ref_kl(x, y)[:, None]), rtol=1e-4, atol=1e-12)
 
 
 def test_kl_of_ordinary_distributions_to_float32_accuracy():
@@ -323,10 +342,17 @@ def test_entropy_derivatives_in_logits_and_temperature(x64):
     x = rand((3, 5), seed=23, dtype=np.float64)
     t = np.array([0.7, 1.3, 2.0])
     # Order 2 in forward mode (reverse mode is checked at order 1: fwd-over-rev compiles slowly).
-    check_grads(lambda a, s: entropy(a, t=s), (x, t), order=2, modes=("fwd",))
-    check_grads(lambda a, s: entropy(a, t=s), (x, t), order=1, modes=("rev",))
+    # Jitted: check_grads calls f many times, and eagerly each call would trace both paths.
+    f = jax.jit(lambda a, s: entropy(a, t=s))
+    check_grads(f, (x, t), order=2, modes=("fwd",))
+    check_grads(f, (x, t), order=1, modes=("rev",))
     mask = np.array([[1, 1, 0, 1, 1], [1, 0, 0, 0, 1], [1, 1, 1, 1, 1]], bool)
-    check_grads(lambda a: entropy(a, 0, where=mask.T), (x.T,), order=1, modes=("fwd", "rev"))
+    g = jax.jit(lambda a: entropy(a, 0, where=mask.T))
+    check_grads(g, (x.T,), order=1, modes=("fwd", "rev"))
+
+
+# Module-level, so that both cases below reuse its compiled programs.
+_KL_AT_T = jax.jit(lambda a, b, s: kl_divergence(a, b, t=s))
 
 
 @pytest.mark.parametrize("scale,order", [(1.0, 2), (1e-4, 1)])
@@ -334,8 +360,7 @@ def test_kl_derivatives_in_both_logits_and_temperature(x64, scale, order):
     x = rand((3, 5), seed=25, dtype=np.float64)
     y = x + rand((3, 5), seed=26, scale=scale, dtype=np.float64)
     t = np.array([0.7, 1.3, 2.0])
-    f = lambda a, b, s: kl_divergence(a, b, t=s)
-    check_grads(f, (x, y, t), order=order, modes=("fwd",) if order == 2 else ("fwd", "rev"))
+    check_grads(_KL_AT_T, (x, y, t), order=order, modes=("fwd",) if order == 2 else ("fwd", "rev"))
 
 
 def test_kl_derivatives_with_mask_and_minus_inf_targets(x64):
@@ -343,7 +368,7 @@ def test_kl_derivatives_with_mask_and_minus_inf_targets(x64):
     y = rand((3, 5), seed=28, dtype=np.float64)
     y[0, 1] = -INF  # q_1 = 0 < p_1: finite KL, a 0 log 0 term
     mask = np.array([[1, 1, 1, 1, 1], [1, 0, 1, 1, 1], [0, 1, 1, 0, 1]], bool)
-    f = lambda a, b: kl_divergence(a, b, where=mask)
+    f = jax.jit(lambda a, b: kl_divergence(a, b, where=mask))
     check_grads(f, (x, y), order=1, modes=("rev",))
 
 
@@ -529,3 +554,55 @@ def test_errors_name_the_function_and_argument():
         kl_divergence(jnp.zeros((2, 3)), jnp.zeros((2, 3)), where=jnp.ones((3, 3), bool))
     with pytest.raises(ValueError, match="axis 2 is out of bounds"):
         entropy(jnp.zeros((2, 3)), 2)
+
+
+# --------------------------------------------------------------------------------------------------
+# The fast path (jaxsoft._divergences_fast): taken on regular rows, exact there, no scratch memory.
+# --------------------------------------------------------------------------------------------------
+
+
+def test_fast_path_takes_regular_rows_and_is_exact_there():
+    from jaxsoft import _divergences_fast as fast
+
+    # Near-one-hot rows (entropy to a few ulps) and nearly equal distributions (KL ~ 1e-10):
+    # the accuracy targets must hold on the fast path itself, not only through the exact one.
+    rows = np.array([[0.0, -30.0, -40.0, -35.0], [0.0, -20.0, -21.0, -50.0]], np.float32)
+    st = jax.jit(fast.entropy_stats, static_argnums=(1, 2))(rows, None, None)
+    assert not np.any(st.bad)
+    h_fwd, bad_fwd = jax.jit(fast.entropy_value, static_argnums=(1, 2))(rows, None, None)
+    assert not np.any(bad_fwd)
+    for got, fwd, row in zip(np.asarray(st.h)[:, 0], np.asarray(h_fwd)[:, 0], rows):
+        assert ulps(got, mp_entropy_row(row)) <= 4
+        assert ulps(fwd, mp_entropy_row(row)) <= 4
+    rng = np.random.default_rng(32)
+    x = (rng.normal(size=(2, 1000)) * 2).astype(np.float32)
+    y = (x + rng.normal(size=(2, 1000)) * np.sqrt(2e-10)).astype(np.float32)
+    kst = jax.jit(fast.kl_stats, static_argnums=(2, 3))(x, y, None, None)
+    assert not np.any(kst.bad)
+    expected = ref_kl(x, y)
+    np.testing.assert_allclose(np.asarray(kst.kl)[:, 0], expected, rtol=1e-4)
+    # Edge rows are flagged for the exact path.
+    edge = np.array([[INF, 0.0], [-INF, -INF], [NAN, 0.0], [0.0, 1.0]], np.float32)
+    edge_stats = jax.jit(fast.entropy_stats, static_argnums=(1, 2))(edge, None, None)
+    assert list(np.asarray(edge_stats.bad)[:, 0]) == [
+        True,
+        True,
+        True,
+        False,
+    ]
+
+
+def test_fast_kernels_need_no_full_size_scratch():
+    from jaxsoft import _divergences_fast as fast
+
+    def temp_bytes(f, *args):
+        return jax.jit(f).lower(*args).compile().memory_analysis().temp_size_in_bytes
+
+    batch, n = 64, 2048
+    x = jax.ShapeDtypeStruct((batch, n), jnp.float32)
+    # Per-row bookkeeping only (max, sums, flags): no (batch, n) temporary, which would be 512 KiB.
+    allowance = 64 * batch
+    assert temp_bytes(lambda a: fast.entropy_forward(a, None, None)[0], x) <= allowance
+    many_rows = jax.ShapeDtypeStruct((4096, 256), jnp.float32)  # the one-loop kernel
+    assert temp_bytes(lambda a: fast.entropy_forward(a, None, None)[0], many_rows) <= 64 * 4096
+    assert temp_bytes(lambda a, b: fast.kl_stats(a, b, None, None).kl, x, x) <= allowance
