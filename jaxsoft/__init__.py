@@ -25,6 +25,7 @@ from jaxsoft.losses import (
     mean_over_valid,
     sigmoid_cross_entropy,
 )
+from jaxsoft.reductions import count_valid
 from jaxsoft.sampling import sample, sampling_mask, sharded_sample
 from jaxsoft.sharded import sharded_cross_entropy, sharded_linear_cross_entropy, sharded_logsumexp
 
@@ -32,6 +33,7 @@ __all__ = [
     "__version__",
     "attention",
     "chunked_logsumexp",
+    "count_valid",
     "cross_entropy",
     "cross_entropy_with_probs",
     "entropy",

@@ -98,11 +98,16 @@ def row_scale(g, zero_row, nan_row, t, dtype):
 # --------------------------------------------------------------------------------------------------
 
 
+def row_t(t):
+    """``t`` as one value per row ``(N,)`` (or a scalar, or ``None``) from ``(N, 1)``."""
+    return t if t is None or t.ndim == 0 else t[:, 0]
+
+
 class CEStats(NamedTuple):
     st: rs.RowStats  # (N, 1) each
     xy: jax.Array  # (N, 1): the label's logit (0 where the label is not in these columns)
     hm: jax.Array | None  # (N, 1): sum_j (x_j/2 - m_f/2) / V, m_f the finite part of st.m
-    seen: jax.Array | None  # (): the fraction of the V columns these statistics cover
+    seen: jax.Array | None  # () or (N, 1): the fraction of the V columns these statistics cover
 
 
 def ce_empty(n_rows: int, dtype, smoothing: float) -> CEStats:
@@ -112,20 +117,23 @@ def ce_empty(n_rows: int, dtype, smoothing: float) -> CEStats:
     return CEStats(rs.empty((n_rows,), dtype), zero, zero, jnp.zeros((), dtype))
 
 
-def ce_block(x, keep, cols, y, t, smoothing: float, inv_n) -> CEStats:
+def ce_block(x, keep, cols, y, t, smoothing: float, inv_n, fresh=None) -> CEStats:
     """Statistics of a block of logits ``x: (N, C)``, excluded columns already ``-inf``.
 
     ``keep``: ``(C,)``, the columns that count; ``cols``: the block's column indices
-    in the numbering of the labels ``y: (N,)``; ``inv_n = 1 / V``.
+    in the numbering of the labels ``y: (N,)``; ``inv_n = 1 / V`` (``V`` the classes that count).
+    ``fresh``: the columns not seen in another block, when ``keep`` also drops masked classes: a
+    label on a masked class must read its ``-inf`` logit there.
     """
     st = rs.block(x, t)
-    onehot = (cols == y[:, None]) & keep
+    onehot = (cols == y[:, None]) & (keep if fresh is None else fresh)
     xy = jnp.sum(jnp.where(onehot, x, 0), axis=-1, keepdims=True)
     if not smoothing:
         return CEStats(st, xy, None, None)
     half_m = rs.finite_or_zero(st.m) * 0.5
     hm = jnp.sum(jnp.where(keep, x * 0.5 - half_m, 0), axis=-1, keepdims=True) * inv_n
-    seen = jnp.sum(keep, dtype=x.dtype) * inv_n
+    # (): the fraction of columns seen; per row (N, 1) when keep is a per-row mask (N, C).
+    seen = jnp.sum(keep, axis=-1, keepdims=keep.ndim == 2, dtype=x.dtype) * inv_n
     return CEStats(st, xy, hm, seen)
 
 
@@ -155,10 +163,14 @@ def ce_all_reduce(cs: CEStats, axis_name, t) -> CEStats:
 
 
 def ce_finish(cs: CEStats, t, smoothing: float, n_classes: int):
-    """Per-row loss ``(N,)``, zero-gradient rows and ``<q, z>`` from merged statistics."""
+    """Per-row loss ``(N,)``, zero-gradient rows and ``<q, z>`` from merged statistics.
+
+    ``t``: ``None``, a scalar or ``(N, 1)``; ``n_classes``: the classes that count.
+    """
     st = cs.st
     m = st.m[:, 0]
     hard = rs.hard(st.m, t)[:, 0]
+    t = row_t(t)
     ts = None if t is None else rs.safe_t(t)
     log_norm = rs.log_norm(st, t)[:, 0]
     xy = cs.xy[:, 0]
@@ -194,3 +206,114 @@ def ce_dt(g, zero_row, nan_row, pz, qz, t):
     dt_row = -(pz - qz) / rs.safe_t(t) * g.astype(pz.dtype)
     dt_row = jnp.where(nan_row, jnp.nan, jnp.where(zero_row, 0, dt_row))
     return jnp.sum(dt_row)
+
+
+# --------------------------------------------------------------------------------------------------
+# The language-model head terms on merged statistics (SPEC 8.2, 8.3), for the fused and sharded
+# losses: z-loss and the returned log-sum-exp, forward and backward.
+# --------------------------------------------------------------------------------------------------
+
+
+def _nonzero(t):
+    """``t`` with 0 replaced by 1 (:func:`jaxsoft._rowstats.safe_t` for a ``t`` known not None)."""
+    return jnp.where(t == 0, 1, t)
+
+
+class LMRes(NamedTuple):
+    zero_row: jax.Array  # (N,): rows whose cross-entropy has no gradient
+    nan_row: jax.Array  # (N,)
+    qz: jax.Array  # (N,): <q, z>
+    log_z: jax.Array | None  # (N,): lse / t where the z-loss has a gradient, else 0
+    z_live: jax.Array | None  # (N,): rows whose z-loss has a gradient
+
+
+def lm_finish(cs: CEStats, t, smoothing: float, n_incl, labels, n_classes, dead, z_loss: float):
+    """``(loss, lse, LMRes)`` per row from merged statistics: the cross-entropy (settled), plus
+    ``z_loss * (lse / t)^2`` on the rows that count, and ``lse = t log Z``.
+
+    ``t``: ``None``, a scalar or ``(N, 1)``; ``n_incl``: the classes that count (an int or a
+    traced scalar); ``dead``: ``(N,)`` rows that add 0 (ignored, nothing left), or ``None``.
+    The z-term has a gradient only where it is a finite function of the logits (``lse`` finite,
+    ``t > 0``, the loss finite); at ``t = 0`` it is the limit: ``(log k)^2`` when the max is 0.
+    """
+    loss, zero_row, qz = ce_finish(cs, t, smoothing, n_incl)
+    in_range = (labels >= 0) & (labels < n_classes)
+    loss, zero_row, nan_row = settle(loss, zero_row, in_range, dead)
+    lse = rs.lse(cs.st, t)[:, 0]
+    log_z = z_live = None
+    if z_loss:
+        tr = row_t(t)
+        ok = jnp.isfinite(lse) & (loss < jnp.inf)
+        if tr is not None:
+            ok = ok & (tr > 0)
+        if dead is not None:
+            ok = ok & ~dead
+        log_z = jnp.where(ok, lse, 0)
+        if tr is not None:
+            log_z = log_z / _nonzero(tr)
+        edge = jnp.where(jnp.isnan(lse) | jnp.isnan(loss), jnp.nan, jnp.inf)
+        if tr is not None:
+            log_k = rs.log_norm(cs.st, t)[:, 0]  # log k on hard rows
+            edge = jnp.where((tr == 0) & (lse == 0), z_loss * jnp.square(log_k), edge)
+        term = jnp.where(ok, z_loss * jnp.square(log_z), edge)
+        if dead is not None:
+            term = jnp.where(dead, 0, term)
+        loss = loss + term
+        z_live = ok
+    return loss, lse, LMRes(zero_row, nan_row, qz, log_z, z_live)
+
+
+def lm_coeffs(g, g_lse, res: LMRes, t, z_loss: float, dtype):
+    """Per-row ``(cp, cq, active, zc)``: a block's logits gradient is ``p cp - q cq`` on the
+    ``active`` rows; ``zc = 2 z_loss log Z g`` (``None`` without z-loss)."""
+    tr = row_t(t)
+    cq = row_scale(g, res.zero_row, res.nan_row, tr, dtype)
+    g_lse = g_lse.astype(dtype)
+    cp = cq + g_lse
+    active = ~res.zero_row | (g_lse != 0)
+    zc = None
+    if z_loss:
+        assert res.log_z is not None and res.z_live is not None
+        zc = jnp.where(res.z_live, 2 * z_loss * res.log_z * g.astype(dtype), 0)
+        cp = cp + (zc if tr is None else zc / _nonzero(tr))
+        active = active | res.z_live
+    return cp, cq, active, zc
+
+
+def lm_block_grad(x, keep, cols, y, st: rs.RowStats, cp, cq, active, t, smoothing, inv_n, pz):
+    """``d/dx`` of a block, ``p cp - q cq`` (0 off ``keep`` and on inactive rows), and
+    ``<p, z>`` per row when ``pz`` (whether the ``t`` derivative is needed) is true."""
+    p = rs.probs(x, st, t)
+    q = jnp.where((cols == y[:, None]) & keep, 1 - smoothing, 0)
+    if smoothing:
+        q = q + jnp.where(keep, smoothing * inv_n, 0)
+    live = active[:, None] & keep
+    # A select, not a product: inactive rows (ignored, +inf loss) may hold NaN or inf in p.
+    gx = jnp.where(live, p * cp[:, None] - q * cq[:, None], 0)
+    if not pz:
+        return gx, None
+    return gx, rs.weighted_z(x, jnp.where(live, p, 0), st, t)[:, 0]
+
+
+def lm_dt(g, g_lse, res: LMRes, pz, st: rs.RowStats, t, zc, per_row: bool):
+    """The cotangent of ``t``: per row (``per_row``) or summed, from ``<p, z>`` over the vocabulary.
+
+    ``d CE/dt = -<p - q, z> / t``, ``d lse/dt = H = log_norm - <p, z>``, ``d z-term/dt =
+    2 z_loss log Z (H - log Z) / t``.
+    """
+    ts = _nonzero(row_t(t))
+    dt = -(pz - res.qz) / ts * g.astype(pz.dtype)
+    dt = jnp.where(res.nan_row, jnp.nan, jnp.where(res.zero_row, 0, dt))
+    entropy = jnp.where(st.m[:, 0] == NEG_INF, 0, rs.log_norm(st, t)[:, 0] - pz)
+    dt = dt + jnp.where(g_lse != 0, g_lse * entropy, 0)
+    if zc is not None:
+        assert res.z_live is not None and res.log_z is not None
+        dt = dt + jnp.where(res.z_live, zc * (entropy - res.log_z) / ts, 0)
+    return dt if per_row else jnp.sum(dt)
+
+
+def softcap_grad(gx, x_capped, cap):
+    """``gx`` through the soft-cap: times ``1 - (x' / c)^2`` (0 at ``-inf``, where ``gx`` is 0)."""
+    if cap is None:
+        return gx
+    return jnp.where(x_capped == NEG_INF, 0, gx * (1 - jnp.square(x_capped / cap)))

@@ -409,3 +409,13 @@ def check_loss_where(
         return w
     w = jnp.broadcast_to(w, batch)
     return jnp.expand_dims(w, axes) if axes else w
+
+
+def check_z_loss(name: str, z_loss) -> float:
+    """``z_loss``: a Python float ``>= 0`` (static: 0 emits no z-loss code)."""
+    if isinstance(z_loss, bool) or not isinstance(z_loss, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{name}: z_loss must be a Python float >= 0, got {z_loss!r}")
+    value = float(z_loss)
+    if not (0.0 <= value < float("inf")):
+        raise ValueError(f"{name}: z_loss must be a finite number >= 0, got {value}")
+    return value

@@ -333,3 +333,38 @@ def _ce_probs_jvp(primals, tangents):
 
 
 ce_probs.defjvp(_ce_probs_jvp, symbolic_zeros=True)
+
+
+# --------------------------------------------------------------------------------------------------
+# z-loss and the returned log-sum-exp (SPEC 8.2, 8.3), on top of either loss.
+# --------------------------------------------------------------------------------------------------
+
+
+def z_term(x, t, mask, lse, loss, dead, z_loss: float):
+    """``z_loss * (lse / t)^2`` per row ``(*batch,)``: ``log Z = lse / t`` the loss's normaliser.
+
+    ``lse``: ``(*batch,)`` from :func:`jaxsoft._core._core` on ``x`` (rows in ``dead`` may hold
+    anything: they add 0). Where the term is not a finite function of the logits (``lse`` = +-inf,
+    ``t = 0``) or the row's loss is ``+inf``, it gets no gradient, as the loss itself (SPEC 5.4);
+    at ``t = 0`` it is the limit ``(m / t + log k)^2``: ``+inf`` unless the max ``m`` is 0.
+    """
+    t_row = None if t is None else t[..., 0]
+    ok = jnp.isfinite(lse) & (jax.lax.stop_gradient(loss) < jnp.inf)
+    if t_row is not None:
+        ok = ok & (t_row > 0)
+    log_z = _div_t(jnp.where(ok, lse, 0), t_row)
+    edge = jnp.where(jnp.isnan(lse) | jnp.isnan(loss), jnp.nan, jnp.inf)
+    if t_row is not None:
+        # t = 0, max 0: log Z -> log k, k the number of maxima (the row's other entries vanish).
+        at_max = x == lse[..., None]
+        if mask is not None:
+            at_max = at_max & mask
+        log_k = jnp.log(jnp.maximum(jnp.sum(at_max, axis=-1, dtype=x.dtype), 1))
+        edge = jnp.where((t_row == 0) & (lse == 0), z_loss * log_k**2, edge)
+    term = jnp.where(ok, z_loss * jnp.square(log_z), edge)
+    return term if dead is None else jnp.where(dead, 0, term)
+
+
+def lse_rows(x, t, mask):
+    """``(*batch,)`` log-sum-exp of canonical ``x`` (``-inf`` on fully masked rows), differentiable."""
+    return _core(x, t, mask)[0][..., 0]

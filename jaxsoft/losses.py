@@ -21,10 +21,12 @@ import numpy as np
 from jax.typing import ArrayLike
 
 from jaxsoft import _checks
-from jaxsoft._dense_ce import ce_labels, ce_probs
-from jaxsoft.reductions import mean_over_valid, reduce
+from jaxsoft._dense_ce import ce_labels, ce_probs, lse_rows, z_term
+from jaxsoft._softcap import check_softcap, softcap
+from jaxsoft.reductions import count_valid, mean_over_valid, reduce
 
 __all__ = [
+    "count_valid",
     "cross_entropy",
     "cross_entropy_with_probs",
     "mean_over_valid",
@@ -32,15 +34,47 @@ __all__ = [
 ]
 
 
-@partial(jax.jit, static_argnames=("axes", "smoothing", "ignore_index", "reduction"))
-def _cross_entropy(x, labels, t, where, *, axes, smoothing, ignore_index, reduction):
+def _with_lm_terms(loss, xc, tc, mc, valid, z_loss, return_lse, out_dtype, reduction):
+    """Add the z-loss (SPEC 8.2), reduce, and append the per-row lse (SPEC 8.3) if asked for."""
+    alive = None if mc is None else jnp.any(mc, axis=-1)
+    dead = None if valid is None else ~valid
+    if alive is not None:
+        dead = ~alive if dead is None else dead | ~alive
+    lse = lse_rows(xc, tc, mc) if (z_loss or return_lse) else None
+    if z_loss:
+        assert lse is not None
+        lse_z = lse
+        if valid is not None:
+            # Ignored rows may hold NaN logits, whose (unused) softargmax must not reach dx.
+            lse_z = lse_rows(jnp.where(valid[..., None], xc, 0), tc, mc)
+        loss = loss + z_term(xc, tc, mc, lse_z, loss, dead, z_loss)
+    loss = reduce(loss.astype(out_dtype), None if dead is None else ~dead, reduction)
+    if not return_lse:
+        return loss
+    assert lse is not None
+    return loss, lse.astype(out_dtype)
+
+
+@partial(
+    jax.jit,
+    static_argnames=(
+        "axes",
+        "smoothing",
+        "ignore_index",
+        "reduction",
+        "z_loss",
+        "cap",
+        "return_lse",
+    ),
+)
+def _cross_entropy(
+    x, labels, t, where, *, axes, smoothing, ignore_index, reduction, z_loss, cap, return_lse
+):
     _layout, xc, tc, mc, out_dtype = _checks.canonicalize(x, t, where, axes, "cross_entropy")
+    xc = softcap(xc, cap)
     valid = None if ignore_index is None else labels != ignore_index
-    loss = ce_labels(xc, labels, tc, mc, valid, smoothing).astype(out_dtype)
-    if reduction == "mean" and mc is not None:
-        alive = jnp.any(mc, axis=-1)
-        valid = alive if valid is None else valid & alive
-    return reduce(loss, valid, reduction)
+    loss = ce_labels(xc, labels, tc, mc, valid, smoothing)
+    return _with_lm_terms(loss, xc, tc, mc, valid, z_loss, return_lse, out_dtype, reduction)
 
 
 def cross_entropy(
@@ -53,7 +87,10 @@ def cross_entropy(
     label_smoothing: float = 0.0,
     ignore_index: int | None = None,
     reduction: str = "none",
-) -> jax.Array:
+    z_loss: float = 0.0,
+    logit_softcap: float | None = None,
+    return_lse: bool = False,
+) -> jax.Array | tuple[jax.Array, jax.Array]:
     r"""Softmax cross-entropy with integer labels, exact for confident predictions.
 
     .. math::
@@ -89,10 +126,20 @@ def cross_entropy(
         included), and ``reduction="mean"`` leaves them out.
       reduction: ``"none"`` (default: per-example losses), ``"sum"``, or ``"mean"`` over the
         examples that are neither ignored nor fully masked (:func:`mean_over_valid`; 0 when no
-        example counts, an empty batch included).
+        example counts, an empty batch included). For gradient accumulation over micro-batches
+        use ``"sum"`` and divide by the total :func:`jaxsoft.count_valid`.
+      z_loss: ``lambda >= 0`` (a Python float): adds ``lambda * (log Z)^2`` per example, ``log Z =
+        logsumexp(x', t=t) / t`` the log-normaliser of the probabilities the loss uses (SPEC
+        8.2); ignored and fully masked examples add 0. Where ``log Z`` is infinite (``+-inf``
+        logits, ``t = 0`` with a nonzero max) the term is ``+inf`` with a zero gradient.
+      logit_softcap: ``None`` or ``c > 0``: the logits become ``c * tanh(x / c)`` before anything
+        else (SPEC 8.1); ``-inf`` stays ``-inf``, ``+inf`` becomes ``c``.
+      return_lse: also return each example's ``lse = t log Z`` (``logsumexp(x', t=t)``, ``-inf`` on
+        a fully masked row), differentiable (SPEC 8.3).
 
     Returns:
-      Losses of shape ``labels.shape`` (a scalar when reduced), in the logits' float dtype.
+      Losses of shape ``labels.shape`` (a scalar when reduced), in the logits' float dtype; with
+      ``return_lse`` the pair ``(loss, lse)``, ``lse`` of shape ``labels.shape`` (never reduced).
 
     Edges: a label on a ``-inf`` or masked logit (or on a loser of a ``+inf`` row) gives ``+inf``
     with a zero gradient for the whole row: the loss is ``+inf`` for all nearby logits, so no
@@ -108,6 +155,10 @@ def cross_entropy(
       >>> [round(float(v), 4) for v in jaxsoft.cross_entropy(logits, jnp.array([0, -100]),
       ...                                                     ignore_index=-100)]
       [0.2761, 0.0]
+      >>> loss, lse = jaxsoft.cross_entropy(logits, jnp.array([0, 1]), z_loss=1e-4,
+      ...                                   logit_softcap=30.0, return_lse=True)
+      >>> [round(float(v), 4) for v in lse]
+      [1.4757, 1.7515]
 
     .. seealso:: :func:`cross_entropy_with_probs` for probability (or one-hot) targets,
        :func:`sigmoid_cross_entropy` for independent binary labels.
@@ -134,21 +185,26 @@ def cross_entropy(
         smoothing=smoothing,
         ignore_index=ignore,
         reduction=reduction,
+        z_loss=_checks.check_z_loss(name, z_loss),
+        cap=check_softcap(name, logit_softcap),
+        return_lse=bool(return_lse),
     )
 
 
-@partial(jax.jit, static_argnames=("axes", "reduction"))
-def _cross_entropy_with_probs(x, q, t, where, *, axes, reduction):
+@partial(jax.jit, static_argnames=("axes", "reduction", "z_loss", "cap", "return_lse"))
+def _cross_entropy_with_probs(x, q, t, where, *, axes, reduction, z_loss, cap, return_lse):
     layout, xc, tc, mc, out_dtype = _checks.canonicalize(
         x, t, where, axes, "cross_entropy_with_probs"
     )
     qc = layout.to_canonical(jnp.broadcast_to(q, x.shape).astype(xc.dtype))
     if layout.n == 0:
         loss = jnp.zeros(layout.batch, out_dtype)
-    else:
-        loss = ce_probs(xc, qc, tc, mc).astype(out_dtype)
-    valid = None if mc is None else jnp.any(mc, axis=-1)
-    return reduce(loss, valid, reduction)
+        valid = None if mc is None else jnp.any(mc, axis=-1)
+        out = reduce(loss, valid, reduction)
+        return (out, jnp.full(layout.batch, -jnp.inf, out_dtype)) if return_lse else out
+    xc = softcap(xc, cap)
+    loss = ce_probs(xc, qc, tc, mc)
+    return _with_lm_terms(loss, xc, tc, mc, None, z_loss, return_lse, out_dtype, reduction)
 
 
 def cross_entropy_with_probs(
@@ -159,7 +215,10 @@ def cross_entropy_with_probs(
     t: ArrayLike = 1.0,
     where: ArrayLike | None = None,
     reduction: str = "none",
-) -> jax.Array:
+    z_loss: float = 0.0,
+    logit_softcap: float | None = None,
+    return_lse: bool = False,
+) -> jax.Array | tuple[jax.Array, jax.Array]:
     r"""Softmax cross-entropy against probability (or one-hot) targets, with ``0 log 0 = 0``.
 
     .. math::
@@ -183,9 +242,12 @@ def cross_entropy_with_probs(
         zero gradients.
       reduction: ``"none"`` (default), ``"sum"``, or ``"mean"`` over the rows that are not fully
         masked.
+      z_loss, logit_softcap, return_lse: as in :func:`cross_entropy` (SPEC 8.1-8.3); fully
+        masked rows add no z-loss.
 
     Returns:
-      Losses of shape ``logits.shape`` without ``axis``, in the logits' float dtype.
+      Losses of shape ``logits.shape`` without ``axis``, in the logits' float dtype; with
+      ``return_lse`` the pair ``(loss, lse)``.
 
     Edges: a positive weight on a ``-inf`` or masked logit gives ``+inf`` with a zero logits
     gradient for the row. Where ``p_i = 0`` (masked or ``-inf`` logits) the target gradient is 0,
@@ -221,7 +283,17 @@ def cross_entropy_with_probs(
             f"{name}: targets of shape {q.shape} do not broadcast to logits of shape {x.shape}"
         )
     _checks.check_reduction(name, reduction)
-    return _cross_entropy_with_probs(x, q, t_arr, w, axes=axes, reduction=reduction)
+    return _cross_entropy_with_probs(
+        x,
+        q,
+        t_arr,
+        w,
+        axes=axes,
+        reduction=reduction,
+        z_loss=_checks.check_z_loss(name, z_loss),
+        cap=check_softcap(name, logit_softcap),
+        return_lse=bool(return_lse),
+    )
 
 
 # --------------------------------------------------------------------------------------------------

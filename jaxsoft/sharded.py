@@ -28,7 +28,7 @@ Example (8 devices, each holding an eighth of the vocabulary)::
 from __future__ import annotations
 
 from functools import partial
-from typing import cast
+from typing import NamedTuple, cast
 
 import jax
 import jax.numpy as jnp
@@ -39,6 +39,8 @@ from jax.typing import ArrayLike
 from jaxsoft import _ce, _checks, _linear_ce
 from jaxsoft import _chunks as ch
 from jaxsoft import _rowstats as rs
+from jaxsoft._softcap import check_softcap, softcap
+from jaxsoft.reductions import reduce
 
 try:  # jax >= 0.7
     shard_map = jax.shard_map
@@ -137,50 +139,82 @@ def sharded_logsumexp(
 # --------------------------------------------------------------------------------------------------
 
 
-def _sce_fwd(x, t, labels, valid, smoothing, axis_name):
+class _SOpts(NamedTuple):
+    smoothing: float = 0.0
+    z_loss: float = 0.0
+    cap: float | None = None
+
+
+def _sce_fwd(x, t, labels, valid, mask, o: _SOpts, axis_name):
     n_local = x.shape[-1]
     n_classes = n_local * lax.axis_size(axis_name)
     y = labels - lax.axis_index(axis_name) * n_local
     cols = jnp.arange(n_local)
-    keep = jnp.ones(n_local, bool)
-    cs = _ce.ce_block(x, keep, cols, y, t, smoothing, 1.0 / n_classes)
-    cs = _ce.ce_all_reduce(cs, axis_name, t)
-    loss, zero_row, qz = _ce.ce_finish(cs, t, smoothing, n_classes)
-    in_range = (labels >= 0) & (labels < n_classes)
-    loss, zero_row, nan_row = _ce.settle(
-        loss, zero_row, in_range, None if valid is None else ~valid
-    )
-    return loss, (x, t, labels, valid, cs.st, zero_row, nan_row, qz)
+    tc = t if t is None or t.ndim == 0 else t[:, None]
+    fresh = jnp.ones(n_local, bool)
+    xs = softcap(x, o.cap)
+    dead = None if valid is None else ~valid
+    if mask is None:
+        keep, n_incl, inv_n = fresh, n_classes, 1.0 / n_classes
+    else:
+        keep = mask
+        xs = jnp.where(mask, xs, rs.NEG_INF)
+        count = lax.psum(jnp.sum(mask, axis=-1, dtype=x.dtype), axis_name)
+        n_incl, inv_n = count, (1 / jnp.maximum(count, 1))[:, None]
+        dead = (count == 0) if dead is None else dead | (count == 0)
+    cs = _ce.ce_block(xs, keep, cols, y, tc, o.smoothing, inv_n, fresh)
+    cs = _ce.ce_all_reduce(cs, axis_name, tc)
+    loss, lse, lres = _ce.lm_finish(cs, tc, o.smoothing, n_incl, labels, n_classes, dead, o.z_loss)
+    return (loss, lse), (xs, t, labels, valid, mask, inv_n, cs.st, lres)
 
 
 # A custom_vjp for the same reason as jaxsoft._linear_ce: the rule is written against the merged
 # statistics, so no collective is ever differentiated.
-@partial(jax.custom_vjp, nondiff_argnums=(4, 5))
-def _sharded_ce(x, t, labels, valid, smoothing, axis_name):
-    return _sce_fwd(x, t, labels, valid, smoothing, axis_name)[0]
+@partial(jax.custom_vjp, nondiff_argnums=(5, 6))
+def _sharded_ce(x, t, labels, valid, mask, o: _SOpts, axis_name):
+    return _sce_fwd(x, t, labels, valid, mask, o, axis_name)[0]
 
 
-def _sce_bwd(smoothing, axis_name, res, g):
-    x, t, labels, valid, st, zero_row, nan_row, qz = res
-    n_local = x.shape[-1]
-    n_classes = n_local * lax.axis_size(axis_name)
+def _sce_bwd(o: _SOpts, axis_name, res, gs):
+    xs, t, labels, valid, mask, inv_n, st, lres = res
+    g, g_lse = gs
+    n_local = xs.shape[-1]
     y = labels - lax.axis_index(axis_name) * n_local
-    typed = ch.typed(x, axis_name)
+    tc = t if t is None or t.ndim == 0 else t[:, None]
+    typed = ch.typed(xs, axis_name)
     if not typed:
         # shard_map (check_vma=False) divided the replicated cotangent by the axis size.
-        g = lax.psum(g, axis_name)
-    scale = _ce.row_scale(g, zero_row, nan_row, t, x.dtype)
-    keep = jnp.ones(n_local, bool)
-    gx, pz = _ce.ce_block_grad(
-        x, keep, jnp.arange(n_local), y, st, ~zero_row, scale, t, smoothing, 1.0 / n_classes
+        g, g_lse = lax.psum((g, g_lse), axis_name)
+    cp, cq, active, zc = _ce.lm_coeffs(g, g_lse, lres, tc, o.z_loss, xs.dtype)
+    keep = jnp.ones(n_local, bool) if mask is None else mask
+    gx, pz = _ce.lm_block_grad(
+        xs,
+        keep,
+        jnp.arange(n_local),
+        y,
+        st,
+        cp,
+        cq,
+        active,
+        tc,
+        o.smoothing,
+        inv_n,
+        t is not None,
     )
+    gx = _ce.softcap_grad(gx, xs, o.cap)
     dt = None
     if t is not None:
-        dt = _ce.ce_dt(g, zero_row, nan_row, lax.psum(pz, axis_name), qz, t)
+        dt = _ce.lm_dt(g, g_lse, lres, lax.psum(pz, axis_name), st, tc, zc, t.ndim == 1)
         if not typed:
             dt = dt / lax.axis_size(axis_name)  # shard_map sums t's cotangent over the axis
         dt = ch.reduce_cotangent(dt.astype(t.dtype), t)
-    return ch.reduce_cotangent(gx, x), dt, _int_zero(labels), _int_zero(valid)
+    return (
+        ch.reduce_cotangent(gx, xs),
+        dt,
+        _int_zero(labels),
+        _int_zero(valid),
+        _int_zero(mask),
+    )
 
 
 def _int_zero(a):
@@ -198,7 +232,12 @@ def sharded_cross_entropy(
     t: ArrayLike = 1.0,
     label_smoothing: float = 0.0,
     ignore_index: int | None = None,
-) -> jax.Array:
+    where: ArrayLike | None = None,
+    reduction: str = "none",
+    z_loss: float = 0.0,
+    logit_softcap: float | None = None,
+    return_lse: bool = False,
+) -> jax.Array | tuple[jax.Array, jax.Array]:
     r"""Integer-label cross-entropy when the class axis (last) is split over ``axis_name``.
 
     .. math::
@@ -216,13 +255,22 @@ def sharded_cross_entropy(
       labels: global class indices in ``[0, V)``, shape ``logits_local.shape[:-1]``, replicated
         over ``axis_name``.
       axis_name: the mesh axis (or tuple of axes) the classes are split over.
-      t: scalar temperature ``>= 0``; differentiable. ``t = 0`` is the hard argmax.
-      label_smoothing: ``alpha`` in ``[0, 1]`` (target ``(1 - alpha) onehot + alpha / V``).
+      t: temperature ``>= 0``, a scalar or one per example (shape ``labels.shape``, replicated
+        over ``axis_name``); differentiable. ``t = 0`` is the hard argmax.
+      label_smoothing: ``alpha`` in ``[0, 1]`` (target ``(1 - alpha) onehot + alpha / K`` over
+        the ``K`` classes that ``where`` includes).
       ignore_index: examples with this label get loss 0 and zero gradient.
+      where: optional boolean mask of this device's block, as in :func:`jaxsoft.cross_entropy`: an
+        element mask with the logits' rank or a per-example one with the labels' rank.
+      reduction: ``"none"``, ``"sum"`` or ``"mean"`` over the examples this device holds that
+        count (with rows sharded over a data axis, reduce with ``"sum"`` and
+        :func:`jaxsoft.count_valid`, then ``psum`` over that axis).
+      z_loss, logit_softcap, return_lse: as in :func:`jaxsoft.cross_entropy` (SPEC 8.1-8.3).
 
     Returns:
       Per-example losses of shape ``labels.shape`` (replicated over ``axis_name``), in the
-      logits' float dtype. Labels out of range give NaN (the number of classes is only known
+      logits' float dtype (a scalar when reduced); with ``return_lse`` also the per-example
+      ``lse = t log Z``. Labels out of range give NaN (the number of classes is only known
       inside ``shard_map``). Gradients are right under ``check_vma`` True and False; reverse
       mode only (a ``custom_vjp``: ``jax.jvp`` raises).
     """
@@ -231,20 +279,36 @@ def sharded_cross_entropy(
     if not jnp.issubdtype(x.dtype, jnp.floating) or x.ndim < 1:
         raise TypeError(f"{name}: logits must be a float array with a class axis, got {x.dtype}")
     ignore = _checks.check_ignore_index(name, ignore_index)
-    smoothing = _checks.check_smoothing(name, label_smoothing)
-    t_arr = _checks.check_scalar_temperature(name, t)
+    opts = _SOpts(
+        _checks.check_smoothing(name, label_smoothing),
+        _checks.check_z_loss(name, z_loss),
+        check_softcap(name, logit_softcap),
+    )
+    t_arr = _linear_ce.check_row_temperature(name, t, x.shape[:-1])
+    w = _checks.check_loss_where(name, where, x.shape, (x.ndim - 1,))
+    reduction = _checks.check_reduction(name, reduction)
     # The number of classes is only known inside shard_map: out-of-range labels give NaN.
     labels = _checks.check_labels(
         name, labels, x.shape[:-1], None, ignore, against=f"logits of shape {x.shape}"
     )
     cdt = _checks.compute_dtype(x.dtype)
     xc = x.reshape(-1, x.shape[-1]).astype(cdt)
+    mask = None if w is None else jnp.broadcast_to(w, x.shape).reshape(xc.shape)
     lab = labels.reshape(-1)
     valid = None if ignore is None else lab != ignore
+    if t_arr is not None and t_arr.ndim:
+        t_arr = t_arr.reshape(-1)
     t_c = _checks.traced_temperature(t_arr, cdt)
     # cast: jax types a custom_vjp call as returning object.
-    loss = cast(jax.Array, _sharded_ce(xc, t_c, lab, valid, smoothing, axis_name))
-    return loss.reshape(labels.shape).astype(x.dtype)
+    out = _sharded_ce(xc, t_c, lab, valid, mask, opts, axis_name)
+    loss, lse = cast(tuple[jax.Array, jax.Array], out)
+    loss = loss.reshape(labels.shape).astype(x.dtype)
+    count = None if valid is None else valid.reshape(labels.shape)
+    if mask is not None:
+        alive = lax.psum(jnp.sum(mask, axis=-1), axis_name).reshape(labels.shape) > 0
+        count = alive if count is None else count & alive
+    loss = reduce(loss, count, reduction)
+    return (loss, lse.reshape(labels.shape).astype(x.dtype)) if return_lse else loss
 
 
 # --------------------------------------------------------------------------------------------------
@@ -263,7 +327,13 @@ def sharded_linear_cross_entropy(
     t: ArrayLike = 1.0,
     ignore_index: int | None = None,
     label_smoothing: float = 0.0,
-) -> jax.Array:
+    where_local: ArrayLike | None = None,
+    reduction: str = "none",
+    z_loss: float = 0.0,
+    logit_softcap: float | None = None,
+    return_lse: bool = False,
+    weight_layout: str = "dV",
+) -> jax.Array | tuple[jax.Array, jax.Array]:
     r""":func:`jaxsoft.large_vocab.linear_cross_entropy` with ``W``'s columns split over ``axis_name``.
 
     .. math::
@@ -279,25 +349,41 @@ def sharded_linear_cross_entropy(
 
     Args:
       h: ``[..., d]`` hidden states, replicated over ``axis_name``.
-      W_local: this device's ``[d, V_local]`` columns of the head.
+      W_local: this device's ``[d, V_local]`` columns of the head (``[V_local, d]`` rows with
+        ``weight_layout="Vd"``, e.g. a tied embedding sharded over the vocabulary).
       labels: global class indices of shape ``h.shape[:-1]``, replicated over ``axis_name``.
       axis_name: the mesh axis (or tuple of axes) the vocabulary is split over.
       bias_local: optional ``[V_local]`` slice of the bias.
-      chunk_size, t, ignore_index, label_smoothing: as in ``linear_cross_entropy``.
+      where_local: optional ``[V_local]`` slice of the boolean vocabulary mask.
+      chunk_size, t, ignore_index, label_smoothing, z_loss, logit_softcap, return_lse,
+        weight_layout: as in ``linear_cross_entropy`` (``t`` may be one per example, replicated).
+      reduction: as in :func:`sharded_cross_entropy` (over this device's rows).
 
     Returns:
       Per-example losses of shape ``labels.shape`` (replicated over ``axis_name``), in the dtype
-      of ``h @ W``. Reverse mode only (a ``custom_vjp``), right under ``check_vma`` True and False.
+      of ``h @ W``; a scalar when reduced; with ``return_lse`` also the per-example ``lse``. Reverse mode only (a ``custom_vjp``), right under ``check_vma`` True and False.
     """
     name = "sharded_linear_cross_entropy"
-    chunk_size = _checks.check_chunk_size(name, chunk_size)
-    h, W, bias = _linear_ce.check_head(name, h, W_local, bias_local, what_w="W_local")
+    va = _linear_ce.check_layout(name, weight_layout)
+    opts = _linear_ce.Opts(
+        _checks.check_chunk_size(name, chunk_size),
+        _checks.check_smoothing(name, label_smoothing),
+        _checks.check_z_loss(name, z_loss),
+        check_softcap(name, logit_softcap),
+        va,
+    )
+    h, W, bias, vmask = _linear_ce.check_head(
+        name, h, W_local, bias_local, what_w="W_local", vocab_axis=va, where=where_local
+    )
     ignore = _checks.check_ignore_index(name, ignore_index)
-    smoothing = _checks.check_smoothing(name, label_smoothing)
-    t_arr = _checks.check_scalar_temperature(name, t)
+    t_arr = _linear_ce.check_row_temperature(name, t, h.shape[:-1])
+    reduction = _checks.check_reduction(name, reduction)
     labels = _checks.check_labels(
         name, labels, h.shape[:-1], None, ignore, against=f"h of shape {h.shape}"
     )
     h2, W, lab, valid, t_arr, dtype = _linear_ce.prepare_head(h, W, labels, t_arr, ignore)
-    loss = _linear_ce.linear_ce(h2, W, bias, t_arr, lab, valid, chunk_size, smoothing, axis_name)
-    return cast(jax.Array, loss).reshape(labels.shape).astype(dtype)
+    out = _linear_ce.linear_ce(h2, W, bias, t_arr, lab, valid, vmask, opts, axis_name)
+    loss, lse = cast(tuple[jax.Array, jax.Array], out)
+    return _linear_ce.finish_head(
+        loss, lse, labels, valid, vmask, dtype, reduction, bool(return_lse), axis_name
+    )

@@ -140,3 +140,108 @@ def ce_rows(draw, n=4, v=16, ts=(1.0, 0.7, 2.0, 0.0)):
         if x[r, y[r]] == F32_MIN:
             x[r, y[r]] = 0.0
     return x, y, np.float32(t)
+
+
+# --------------------------------------------------------------------------------------------------
+# The language-model head options (SPEC 8.1-8.3): soft-cap, z-loss, the returned log-sum-exp.
+# --------------------------------------------------------------------------------------------------
+
+
+def softcap(x, cap):
+    """``(c tanh(x / c), d/dx)`` in float64; ``-inf`` stays ``-inf`` with derivative 0."""
+    x = np.asarray(x, np.float64)
+    if cap is None:
+        return x, np.ones_like(x)
+    with np.errstate(all="ignore"):
+        th = np.tanh(x / cap)
+        return np.where(x == -INF, -INF, cap * th), np.where(np.isinf(x), 0.0, 1 - th**2)
+
+
+def lse_row(x, t=1.0, mask=None):
+    """``(lse, dlse/dx, dlse/dt)`` of one row over the entries ``mask`` keeps; float64."""
+    x = np.asarray(x, np.float64)
+    keep = np.ones(x.shape, bool) if mask is None else np.asarray(mask, bool)
+    logp = log_softargmax(x, t, keep)
+    with np.errstate(all="ignore"):
+        xs = x[keep]
+        if xs.size == 0 or (not np.isnan(xs).any() and xs.max() == -INF):
+            return -INF, np.zeros(x.shape), 0.0
+        if np.isnan(xs).any():
+            return np.nan, np.where(keep, np.nan, 0.0), np.nan
+        m = xs.max()
+        p = np.where(keep, np.exp(logp), 0.0)
+        if m == INF or t == 0:
+            # lse = m + t log k + o(t): the one-sided derivative in t is log k (the entropy).
+            return m, p, float(np.log(np.sum(xs == m)))
+        lse = m + t * np.log(np.sum(np.exp((xs - m) / t)))
+        h = -np.sum(np.where(p > 0, p * logp, 0.0))
+        return lse, p, h
+
+
+def lm_terms(x, t, mask, dead, ce_loss, z_loss):
+    """``(z-term, d/dx, d/dt)`` of one row: ``z_loss (lse / t)^2`` with the SPEC 8.2 edges."""
+    x = np.asarray(x, np.float64)
+    n = x.size
+    if dead:
+        return 0.0, np.zeros(n), 0.0
+    lse, p, h = lse_row(x, t, mask)
+    if np.isnan(lse) or np.isnan(ce_loss):
+        return np.nan, np.zeros(n), 0.0
+    if t == 0:
+        keep = np.ones(n, bool) if mask is None else np.asarray(mask, bool)
+        k = np.sum((x == lse) & keep)
+        return (z_loss * np.log(k) ** 2 if lse == 0 else INF), np.zeros(n), 0.0
+    if not np.isfinite(lse) or ce_loss == INF:
+        return INF, np.zeros(n), 0.0
+    log_z = lse / t
+    return z_loss * log_z**2, 2 * z_loss * log_z * p / t, 2 * z_loss * log_z * (h - log_z) / t
+
+
+def lm_cross_entropy_rows(
+    x, y=None, t=1.0, smoothing=0.0, mask=None, ignored=None, z_loss=0.0, cap=None, q=None
+):
+    """Per-row ``(loss, dloss/dx, dloss/dt, lse, dlse/dx, dlse/dt)`` of the capped, z-lossed CE;
+    float64.
+
+    Integer labels ``y`` or probability targets ``q`` (``[N, n]``, masked entries' weights
+    dropped as SPEC 5.4 says).
+    """
+    x = np.asarray(x, np.float64)
+    t = np.broadcast_to(np.asarray(t, np.float64), x.shape[:1])
+    out = []
+    for i in range(x.shape[0]):
+        xi, dcap = softcap(x[i], cap)
+        mi = None if mask is None else np.asarray(mask[i], bool)
+        ign = False if ignored is None else bool(ignored[i])
+        ti = float(t[i])
+        if q is None:
+            loss, gx, gt = cross_entropy(xi, int(y[i]), ti, smoothing, mi, ign)
+        else:
+            loss, gx, gt = probs_cross_entropy(xi, q[i], ti, mi)
+        dead = ign or (mi is not None and not mi.any())
+        zt, zx, zdt = lm_terms(xi, ti, mi, dead, loss, z_loss) if z_loss else (0.0, 0.0, 0.0)
+        lse, lx, lt = lse_row(xi, ti, mi)
+        with np.errstate(all="ignore"):
+            out.append((loss + zt, (gx + zx) * dcap, gt + zdt, lse, lx * dcap, lt))
+    return tuple(np.array([o[j] for o in out]) for j in range(6))
+
+
+def probs_cross_entropy(x, q, t=1.0, mask=None):
+    """``(loss, dloss/dx, dloss/dt)`` of ``-sum q log p`` over one row; float64."""
+    x = np.asarray(x, np.float64)
+    n = x.size
+    keep = np.ones(n, bool) if mask is None else np.asarray(mask, bool)
+    if not keep.any():
+        return 0.0, np.zeros(n), 0.0
+    q = np.where(keep, np.asarray(q, np.float64), 0.0)
+    logp = log_softargmax(x, t, keep)
+    if np.isnan(logp).any():
+        return np.nan, np.where(keep, np.nan, 0.0), np.nan
+    with np.errstate(all="ignore"):
+        loss = float(np.sum(np.where(q > 0, -q * logp, 0.0)))
+        if loss == INF or t == 0:
+            return loss, np.zeros(n), 0.0
+        p = np.exp(logp)
+        mass = q.sum()
+        h = -np.sum(np.where(p > 0, p * logp, 0.0))
+        return loss, np.where(keep, (mass * p - q) / t, 0.0), (mass * h - loss) / t
