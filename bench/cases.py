@@ -40,11 +40,30 @@ class Candidate:
     compiled: Any = None  # jax.stages.Compiled for JAX candidates
 
 
-def make_inputs(shape: tuple[int, int], dtype, seed: int = 0) -> Inputs:
+# Input variants that no fast path can hide from. "normal" is the main table; the others are
+# timed against the reference peer only (at the shapes of Config.variant_shapes).
+VARIANTS = {
+    "normal": "x = 3 * normal(shape)",
+    "masked_vocab": "a quarter of the columns at -inf (a masked vocabulary)",
+    "confident": "one logit per row 30 above the rest (a confident model, late in training)",
+    "pos_inf": "two rows holding a +inf logit (the exact slow path)",
+}
+
+
+def make_inputs(shape: tuple[int, int], dtype, seed: int = 0, variant: str = "normal") -> Inputs:
     kx, kg, kr, kl = jax.random.split(jax.random.key(seed), 4)
     batch, n = shape
     # Scale 3 gives softmax outputs spread over many orders of magnitude, as trained logits do.
-    x = (3 * jax.random.normal(kx, shape, jnp.float32)).astype(dtype)
+    x = 3 * jax.random.normal(kx, shape, jnp.float32)
+    if variant == "masked_vocab":
+        x = x.at[:, (n * 3) // 4 :].set(-jnp.inf)
+    elif variant == "confident":
+        x = x.at[jnp.arange(batch), jnp.arange(batch) % n].add(30.0)
+    elif variant == "pos_inf":
+        x = x.at[: min(2, batch), 1].set(jnp.inf)
+    elif variant != "normal":
+        raise ValueError(f"unknown input variant {variant!r}; known: {sorted(VARIANTS)}")
+    x = x.astype(dtype)
     g = jax.random.normal(kg, shape, jnp.float32).astype(dtype)
     g_row = jax.random.normal(kr, (batch,), jnp.float32).astype(dtype)
     labels = jax.random.randint(kl, (batch,), 0, n, jnp.int32)
@@ -125,8 +144,11 @@ def _no_grad(torch, fn):
     return call
 
 
-def build(inp: Inputs) -> tuple[list[Candidate], list[str]]:
-    """Every candidate for these inputs, and notes on what was left out and why."""
+def build(inp: Inputs, all_peers: bool = True) -> tuple[list[Candidate], list[str]]:
+    """Every candidate for these inputs, and notes on what was left out and why.
+
+    ``all_peers=False`` (the input variants): only jaxsoft, its reference peers and ``x * 2.0``.
+    """
     notes = []
     cands = []
     call, compiled = _compiled(lambda x: x * 2.0, (inp.x,))
@@ -138,6 +160,8 @@ def build(inp: Inputs) -> tuple[list[Candidate], list[str]]:
     ):
         for family, f in table.items():
             cands += _jax_candidates(family, impl, f, inp)
+    if not all_peers:
+        return cands, notes
     if inp.x.dtype == jnp.float32:
         x_host = np.asarray(inp.x)
         for impl, table in (("scipy", peers.scipy_host()), ("numpy", peers.numpy_host())):

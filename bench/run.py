@@ -13,7 +13,7 @@ from pathlib import Path
 
 import jax.numpy as jnp
 
-from bench import cases, jacobian, machine, memory, peers, plot, report
+from bench import cases, compile_time, jacobian, machine, memory, peers, plot, report
 from bench.timing import interleaved
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -27,6 +27,8 @@ class Config:
     repeats: int
     warmup: int
     jacobian_ns: tuple[int, ...]
+    variant_shapes: tuple[tuple[int, int], ...]  # where the input variants are timed too
+    compile_repeats: int
 
 
 FULL = Config(
@@ -36,6 +38,8 @@ FULL = Config(
     repeats=20,
     warmup=3,
     jacobian_ns=(256, 1024, 4096),
+    variant_shapes=((4096, 1024),),
+    compile_repeats=5,
 )
 # Each case once on small shapes: checks the harness end to end, measures nothing.
 QUICK = Config(
@@ -45,6 +49,8 @@ QUICK = Config(
     repeats=1,
     warmup=1,
     jacobian_ns=(16, 64),
+    variant_shapes=((16, 1024),),
+    compile_repeats=1,
 )
 
 
@@ -60,25 +66,38 @@ def measure(cfg: Config) -> dict:
         "timings": [],
         "memory": [],
         "jacobian": [],
+        "compile": [],
+        "variants": dict(cases.VARIANTS),
     }
     notes: list[str] = []
-    for dtype in cfg.dtypes:
-        for shape in cfg.shapes:
-            inp = cases.make_inputs(shape, jnp.dtype(dtype))
-            cands, group_notes = cases.build(inp)
-            notes += [n for n in group_notes if n not in notes]
-            _log(f"{dtype} {shape}: {len(cands)} candidates, {cfg.repeats} rounds", start)
-            calls = {(c.family, c.impl, c.mode): c.call for c in cands}
-            samples = interleaved(calls, cfg.repeats, cfg.warmup)
-            results["timings"] += report.timing_rows(samples, dtype, shape)
+    groups = [
+        (dtype, shape, variant)
+        for dtype in cfg.dtypes
+        for shape in cfg.shapes
+        for variant in cases.VARIANTS
+        if variant == "normal" or shape in cfg.variant_shapes
+    ]
+    for dtype, shape, variant in groups:
+        inp = cases.make_inputs(shape, jnp.dtype(dtype), variant=variant)
+        cands, group_notes = cases.build(inp, all_peers=variant == "normal")
+        notes += [n for n in group_notes if n not in notes]
+        _log(f"{dtype} {shape} {variant}: {len(cands)} candidates, {cfg.repeats} rounds", start)
+        calls = {(c.family, c.impl, c.mode): c.call for c in cands}
+        samples = interleaved(calls, cfg.repeats, cfg.warmup)
+        results["timings"] += report.timing_rows(samples, dtype, shape, variant)
+        if variant == "normal":
             results["memory"] += memory.compare(cands, dtype, shape)
-            del cands, calls, inp
-            gc.collect()  # drop the executables and arrays of this group before the next
+        del cands, calls, inp
+        gc.collect()  # drop the executables and arrays of this group before the next
+    _log(f"compile time of value_and_grad, {cfg.compile_repeats} rounds", start)
+    results["compile"] = compile_time.run(cfg.compile_repeats)
     _log(f"Jacobian, n = {cfg.jacobian_ns}", start)
     results["jacobian"] = jacobian.run(cfg.jacobian_ns, cfg.repeats, cfg.warmup)
     notes += [f"{lib} skipped: {why}" for lib, why in peers.SKIPPED.items()]
     results["notes"] = notes
-    results["targets"] = report.targets(results["timings"], results["jacobian"], results["memory"])
+    results["targets"] = report.targets(
+        results["timings"], results["jacobian"], results["memory"], results["compile"]
+    )
     results["meta"]["wall_s"] = time.perf_counter() - start
     _log("done", start)
     return results
@@ -144,7 +163,10 @@ def main(argv: list[str] | None = None) -> int:
     strict = (not args.quick) if args.strict_memory is None else args.strict_memory
     if memory_failed:
         label = "FAIL" if strict else "TARGET MISSED"
-        print(f"{label}: jaxsoft needs more temporary memory than its reference peer:", file=sys.stderr)
+        print(
+            f"{label}: jaxsoft needs more temporary memory than its reference peer:",
+            file=sys.stderr,
+        )
         for miss in memory_failed[0]["misses"]:
             print(f"  {miss}", file=sys.stderr)
         return 1 if strict else 0

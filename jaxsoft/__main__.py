@@ -62,7 +62,11 @@ def jacobian_rows():
             if np.all(np.isfinite(x)):
                 h = 1e-6 * max(1.0, np.max(np.abs(x)) * 1e-9) * t
                 fd = np.stack(
-                    [(np.asarray(f(x64.at[j].add(h))) - np.asarray(f(x64.at[j].add(-h)))) / (2 * h) for j in range(x.size)],
+                    [
+                        (np.asarray(f(x64.at[j].add(h))) - np.asarray(f(x64.at[j].add(-h))))
+                        / (2 * h)
+                        for j in range(x.size)
+                    ],
                     axis=1,
                 )
                 d_fd = np.max(np.abs(fd - analytic)) / scale
@@ -92,7 +96,11 @@ def _ref_lse(row):
 
 def _ulps(got, want):
     want32 = np.float32(want)
-    spacing = float(np.spacing(np.abs(want32))) if want32 != 0 else float(np.finfo(np.float32).smallest_subnormal)
+    spacing = (
+        float(np.spacing(np.abs(want32)))
+        if want32 != 0
+        else float(np.finfo(np.float32).smallest_subnormal)
+    )
     return abs(float(got) - want) / spacing
 
 
@@ -119,10 +127,24 @@ def accuracy_rows():
         lsm_tol = 4.0 if name != "normal(0, 3) n=16" else 8.0  # x - m itself is rounded there
         good = lse_err <= 2.0 and lsm_err <= lsm_tol
         ok &= good
-        rows.append([name, f"{lse_err:.2f} (<= 2)", f"{lsm_err:.2f} (<= {lsm_tol:g})", "ok" if good else "FAIL"])
+        rows.append(
+            [
+                name,
+                f"{lse_err:.2f} (<= 2)",
+                f"{lsm_err:.2f} (<= {lsm_tol:g})",
+                "ok" if good else "FAIL",
+            ]
+        )
     naive = float(jnp.float32(0.0) - jax.nn.logsumexp(jnp.array([0.0, -30.0], F32)))
     ours = float(js.log_softargmax(jnp.array([0.0, -30.0], F32))[0])
-    rows.append(["log p_0 of [0, -30]", f"ours {ours:.6e}", f"x - logsumexp: {naive:.1e}", "ok" if ours != 0 else "FAIL"])
+    rows.append(
+        [
+            "log p_0 of [0, -30]",
+            f"ours {ours:.6e}",
+            f"x - logsumexp: {naive:.1e}",
+            "ok" if ours != 0 else "FAIL",
+        ]
+    )
     ok &= ours != 0
     _table(
         "2. float32 accuracy vs a float64 reference, max error in float32 ulps",
@@ -145,7 +167,10 @@ def edge_rows():
     ]
     expected = {
         "finite 1e30": ([1, 0, 0], 1e30),
-        "some -inf": (list(np.asarray(jax.nn.softmax(jnp.array([1.0, -inf, 2.0])))), float(jax.nn.logsumexp(jnp.array([1.0, 2.0])))),
+        "some -inf": (
+            list(np.asarray(jax.nn.softmax(jnp.array([1.0, -inf, 2.0])))),
+            float(jax.nn.logsumexp(jnp.array([1.0, 2.0]))),
+        ),
         "+inf x2": ([0.5, 0, 0.5], inf),
         "all -inf": ([0, 0, 0], -inf),
         "fully masked": ([0, 0, 0], -inf),
@@ -166,12 +191,21 @@ def edge_rows():
         grad_nan = any(bool(jnp.any(jnp.isnan(g))) for g in grads)
         want_p, want_lse = expected[name]
         good = np.allclose(p, want_p, rtol=1e-6, equal_nan=True) and (
-            (math.isnan(lse) and math.isnan(want_lse)) or math.isclose(lse, want_lse, rel_tol=1e-6) or lse == want_lse
+            (math.isnan(lse) and math.isnan(want_lse))
+            or math.isclose(lse, want_lse, rel_tol=1e-6)
+            or lse == want_lse
         )
         good &= grad_nan == (name == "NaN")
         ok &= good
         rows.append(
-            [name, np.array2string(p, precision=3), f"{lse:.4g}", np.array2string(lsm, precision=3), "NaN" if grad_nan else "finite", "ok" if good else "FAIL"]
+            [
+                name,
+                np.array2string(p, precision=3),
+                f"{lse:.4g}",
+                np.array2string(lsm, precision=3),
+                "NaN" if grad_nan else "finite",
+                "ok" if good else "FAIL",
+            ]
         )
     _table(
         "3. SPEC 6 edges as computed (float32)",

@@ -1,8 +1,14 @@
 """logsumexp, softargmax, log_softargmax and the softargmax-weighted mean, with their JVP rules.
 
-Every kernel here works in the canonical layout of :mod:`jaxsoft._checks`: ``x`` and ``mask`` of
-shape ``(*batch, n)``, ``t`` of shape ``(*batch, 1)`` or ``None`` (meaning ``t = 1``, so no
-division is emitted), reducing over the last axis with ``keepdims``.
+The values come from a kernel: :mod:`jaxsoft._reference` (the SPEC written as plainly as the math
+allows; every backend but CPU) or :mod:`jaxsoft._tuned_cpu` (the same results in fewer passes on
+XLA:CPU), chosen per platform at lowering time (:func:`_primal`); :func:`use_kernel` forces one.
+The derivatives are defined here, once for every kernel (:func:`_core_tangents`): O(n) custom JVP
+rules that reuse the primal's outputs.
+
+Kernels work in the canonical layout of :mod:`jaxsoft._checks`: ``x`` and ``mask`` of shape
+``(*batch, n)``, ``t`` of shape ``(*batch, 1)`` or ``None`` (meaning ``t = 1``, so no division is
+emitted), reducing over the last axis with ``keepdims``.
 
 Edge semantics (SPEC section 6), per row:
 
@@ -24,6 +30,8 @@ constant); logsumexp's derivative there is the tie-split one-hot in ``x`` and ``
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from functools import partial
 
 import jax
@@ -31,7 +39,7 @@ import jax.numpy as jnp
 from jax.custom_derivatives import SymbolicZero
 from jax.typing import ArrayLike
 
-from jaxsoft import _checks
+from jaxsoft import _checks, _reference, _tuned_cpu
 
 _NEG_INF = -jnp.inf
 
@@ -46,81 +54,60 @@ def _rowsum(a: jax.Array, mask: jax.Array | None) -> jax.Array:
 
 
 # --------------------------------------------------------------------------------------------------
-# The shared kernel: one pass structure gives all three of (lse, p, log p).
+# Kernels and dispatch. Every kernel computes the same (lse, p, log p) (SPEC 1-7, tested against
+# each other); the derivatives are defined once, below, for all of them.
 # --------------------------------------------------------------------------------------------------
+
+KERNELS = ("reference", "tuned_cpu")
+_forced_kernel: str | None = None  # None: dispatch by platform (see _primal)
+
+
+@contextlib.contextmanager
+def use_kernel(name: str | None) -> Iterator[None]:
+    """Force one kernel for every function traced inside the block (tests run both this way).
+
+    ``name`` is one of :data:`KERNELS`, or ``None`` for the default per-platform dispatch. The
+    choice is part of the public functions' jit cache key, so switching never reuses a trace of the
+    other kernel; a ``jax.jit`` of the caller's own, traced before the switch, does keep its kernel.
+    """
+    global _forced_kernel
+    if name is not None and name not in KERNELS:
+        raise ValueError(f"use_kernel: name must be one of {KERNELS} or None, got {name!r}")
+    previous, _forced_kernel = _forced_kernel, name
+    try:
+        yield
+    finally:
+        _forced_kernel = previous
+
+
+def _kernel_module(name: str | None):
+    return {"reference": _reference, "tuned_cpu": _tuned_cpu}.get(name)  # type: ignore[arg-type]
+
+
+def _primal(fn: str, x: jax.Array, t: jax.Array | None, mask: jax.Array | None):
+    """Run kernel function ``fn`` ("core", "core_for_tangents" or "wmean") of the chosen kernel.
+
+    XLA:CPU gets the tuned kernel, every other backend the reference one: the tuned kernel's
+    arithmetic indicators are there to keep XLA:CPU's reductions fused, which other compilers
+    do not need, so there they would only add work. The choice is made at lowering time
+    (:func:`jax.lax.platform_dependent`); the compiler never sees the other branch.
+    """
+    module = _kernel_module(_forced_kernel)
+    if module is not None:
+        return getattr(module, fn)(x, t, mask)
+    return jax.lax.platform_dependent(
+        x, t, mask, cpu=getattr(_tuned_cpu, fn), default=getattr(_reference, fn)
+    )
 
 
 @jax.custom_jvp
 def _core(x: jax.Array, t: jax.Array | None, mask: jax.Array | None):
     """Return ``(lse, p, logp)`` for canonical ``x``; ``lse`` has shape ``(*batch, 1)``.
 
-    With ``m = max(x)`` and ``z = (x - m) / t``, the ``c`` entries equal to ``m`` contribute
-    exactly ``1`` each to ``total = sum exp(z)``; the others add up to ``s``. Keeping ``s`` apart
-    lets ``log(total) = log1p(s)`` (when ``c = 1``) keep the digits that ``log(1 + s)`` rounds away
-    (SPEC 2.5, 3.2), without an argmax.
-
-    Why the arithmetic below avoids ``where``: XLA:CPU fuses a reduction with its elementwise
-    producer only when the producer is plain arithmetic (sub, mul, div, min, exp, ...); a select
-    or a compare makes it write the whole ``(batch, n)`` intermediate to memory first, which
-    made this kernel 3-5x slower than ``jax.nn``. So the full-size terms that feed the sums
-    use arithmetic indicators, and every ``where`` acts either on per-row values or in the
-    final elementwise pass that writes the output (where selects are free).
+    The values come from the kernel chosen by :func:`_primal` (:func:`jaxsoft._reference.core`
+    states the math); the tangents from :func:`_core_tangents`, the same for every kernel.
     """
-    dtype = x.dtype
-    big = jnp.asarray(jnp.finfo(dtype).max, dtype)
-    two64 = jnp.asarray(2.0**64, dtype)
-    if mask is not None:
-        x = jnp.where(mask, x, _NEG_INF)  # masked entries behave exactly like -inf ones
-    m = jnp.max(x, axis=-1, keepdims=True)
-    # Per-row regimes. "hard": all the mass goes to the entries equal to m (t = 0, or m = +inf).
-    m_pos_inf = m == jnp.inf
-    empty = m == _NEG_INF
-    hard = m_pos_inf if t is None else m_pos_inf | (t == 0)
-    # u = (x - m) / 2 <= 0 in finite rows (halving is exact, so z below is exactly-rounded
-    # (x - m) / t). In a +inf row u = x/2 - big: +inf on the +inf entries, <= -big/2 elsewhere.
-    # z = u / (t/2). In hard rows z = u * 2^64, and the outer factor big pushes every non-max
-    # entry below -1e4 while the maxima stay at exactly 0 (+inf, clamped): exp is then the 0/1
-    # indicator of the maxima. (The minimum between the two scalings keeps XLA from folding
-    # them into one inf factor, which would turn a zero gap into NaN.) The full-size terms
-    # are plain arithmetic, not where(): XLA:CPU fuses a sum with its producer only then.
-    # An all -inf row shifts by 0, so that u = -inf there rather than -inf - (-inf) = NaN.
-    ref = jnp.where(m_pos_inf, big, jnp.where(empty, 0, m * 0.5))
-    tdiv = jnp.where(hard, 1 / two64, 0.5 if t is None else t * 0.5).astype(dtype)
-    outer = jnp.where(hard, big, 1).astype(dtype)
-    u = x * 0.5 - ref
-    z = u / tdiv
-    # XLA:CPU's fused max reduction and minimum drop NaN on long rows (an all-NaN row of 4096
-    # has max -inf), so a NaN is carried into e explicitly: 0 * 0.5/(0.5 + |u|) is 0 for every
-    # u but NaN, +-inf included, and stays inside the fused sum (unlike isnan or sign). (Its
-    # constants are the ones this sum already uses: a constant shared with the other sum's
-    # terms would be written to memory as a full-size broadcast.)
-    e = jnp.exp(jnp.minimum(z, 0) * outer) + 0 * (0.5 / (0.5 + jnp.abs(u)))
-    total = jnp.sum(e, axis=-1, keepdims=True)
-    empty = empty & ~jnp.isnan(total)  # an all-NaN row can look empty to the max reduction
-    # s: the mass of the non-maximal entries, needed only in soft rows (hard rows use
-    # log(total) below). v = -u > 0 off the maxima, and any positive v, even the smallest
-    # normal one, scaled by 2^64 and then by big exceeds 1, so not_max is exactly 0 on the
-    # maxima and 1 elsewhere. The terms are spelled with their own per-row values (-ref,
-    # -2/t) on purpose: XLA:CPU fuses a sum with its elementwise producer only while no
-    # full-size subexpression (a broadcast included) is shared with the other sum; a shared
-    # one is written to memory first, which made this several times slower than jax.nn.
-    v = x * -0.5 - (-ref)
-    z2 = v * -2 if t is None else v * (-2 / t)
-    not_max = jnp.minimum(1, jnp.minimum(1, v * two64) * big)
-    s = jnp.sum(jnp.exp(z2) * not_max, axis=-1, keepdims=True)
-    # total - s counts the maxima: with a single one log1p(s) keeps what log(1 + s) would lose;
-    # with ties total >= 2 and log(total) is accurate. In hard rows total is the count and s
-    # is not used.
-    log_total = jnp.where(~hard & (total - s < 1.5), jnp.log1p(s), jnp.log(total))
-    lse = m + log_total if t is None else m + t * log_total
-    lse = jnp.where(empty, _NEG_INF, lse)
-    p = jnp.where(empty, 0, e / total)
-    z_out = jnp.where(hard, jnp.where(e > 0, 0, _NEG_INF), z)
-    logp = jnp.where(empty, _NEG_INF, z_out - log_total)
-    if mask is not None:  # a NaN row's masked entries stay 0 / -inf
-        p = jnp.where(mask, p, 0)
-        logp = jnp.where(mask, logp, _NEG_INF)
-    return lse, p, logp
+    return _primal("core", x, t, mask)
 
 
 def _core_jvp(primals, tangents):
@@ -133,6 +120,59 @@ def _core_jvp(primals, tangents):
 _core.defjvp(_core_jvp, symbolic_zeros=True)
 
 
+@jax.custom_jvp
+def _core_recomputed(x: jax.Array, t: jax.Array | None, mask: jax.Array | None):
+    """:func:`_core`'s values from the kernel's ``core_for_tangents``, with the same JVP rule.
+
+    A tuned kernel computes them so that XLA recomputes ``p`` where a backward pass needs it,
+    rather than storing it (see :func:`jaxsoft._tuned_cpu.core_for_tangents`).
+    """
+    return _primal("core_for_tangents", x, t, mask)
+
+
+def _core_recomputed_jvp(primals, tangents):
+    x, t, mask = primals
+    dx, dt, _ = tangents
+    out = _core_recomputed(x, t, mask)
+    return out, _core_tangents(x, t, mask, out, dx, dt)
+
+
+_core_recomputed.defjvp(_core_recomputed_jvp, symbolic_zeros=True)
+
+
+@partial(jax.custom_jvp, nondiff_argnums=(0,))
+def _core_one(kind: str, x: jax.Array, t: jax.Array | None, mask: jax.Array | None):
+    """One output of :func:`_core` (``kind``: "lse", "p" or "logp"), with the same JVP rule.
+
+    The rule is :func:`_core_tangents`; what differs is where it gets the primal values it reads,
+    chosen so that a backward pass stores no more than ``jax.nn``'s does: for ``p``, ``p`` itself;
+    for ``lse`` and ``log p``, the kernel's ``core_for_tangents``, whose ``p`` XLA can recompute
+    where it is needed rather than store.
+    """
+    # softargmax: the kernel's core, which may fuse the whole row into one loop; lse and log p:
+    # the kernel's core_for_tangents, which its JVP rule reads too (so the backward pass
+    # recomputes rather than stores), measured to need no more scratch memory than jax.nn.
+    lse, p, logp = (_core if kind == "p" else _core_recomputed)(x, t, mask)
+    return {"lse": lse, "p": p, "logp": logp}[kind]
+
+
+def _core_one_jvp(kind, primals, tangents):
+    x, t, mask = primals
+    dx, dt, _ = tangents
+    # The custom_jvp functions, not the kernels: higher derivatives go through this rule again.
+    if kind == "p":
+        out = _core(x, t, mask)
+        y = out[1]
+    else:
+        out = _core_recomputed(x, t, mask)  # what the primal computes, too
+        y = out[0] if kind == "lse" else out[2]
+    dlse, dp, dlogp = _core_tangents(x, t, mask, out, dx, dt)
+    return y, {"lse": dlse, "p": dp, "logp": dlogp}[kind]
+
+
+_core_one.defjvp(_core_one_jvp, symbolic_zeros=True)
+
+
 def _core_tangents(x, t, mask, out, dx, dt):
     """Tangents of ``(lse, p, logp)``, O(n), built from the primal outputs only.
 
@@ -142,9 +182,9 @@ def _core_tangents(x, t, mask, out, dx, dt):
     of a hard argmax) are constants, so their tangents are 0; so are p's and log p's at ``t = 0``.
     """
     lse, p, logp = out
+    with_dt = t is not None and not _is_zero(dt)
     # NaN must stay NaN (it marks a NaN row), so test for -inf rather than for finiteness.
     finite = logp != _NEG_INF
-    with_dt = t is not None and not _is_zero(dt)
     logp_fin = jnp.where(finite, logp, 0) if with_dt else None
     dlse = jnp.zeros_like(lse)
     g = jnp.zeros_like(x)
@@ -168,7 +208,19 @@ def _core_tangents(x, t, mask, out, dx, dt):
     # NaN == 0 is False); without one h is finite and the select, which would stop XLA fusing
     # the transposed sum, is left out.
     dp = jnp.where(p == 0, 0, p * h) if with_dt else p * h
-    return dlse, dp, jnp.where(finite, h, 0)
+    if with_dt:
+        return dlse, dp, jnp.where(finite, h, 0)
+    # Without a t-tangent h is finite, so the -inf entries can be zeroed by a factor that is 1
+    # where log p is finite and 0 where it is -inf (NaN stays NaN): big / (tiny - log p) is at
+    # least 1 for every finite log p <= 0 and 0 at -inf. Plain arithmetic keeps the transposed
+    # row sum fused on XLA:CPU, where a select would write a (batch, n) temporary first. The bound
+    # 1 is a per-row array behind a barrier: XLA:CPU writes a broadcast constant shared with the
+    # forward pass's fusions (its 1s) to memory as a full-size array (jax 0.10.2).
+    big, tiny = jnp.finfo(logp.dtype).max, jnp.finfo(logp.dtype).tiny
+    # The factor is piecewise constant, so higher derivatives must not see its (huge) slope.
+    one = jax.lax.optimization_barrier(jnp.ones_like(lse))
+    finite_factor = jax.lax.stop_gradient(jnp.minimum(one, big / (tiny - logp)))
+    return dlse, dp, h * finite_factor
 
 
 # --------------------------------------------------------------------------------------------------
@@ -179,10 +231,7 @@ def _core_tangents(x, t, mask, out, dx, dt):
 @jax.custom_jvp
 def _wmean(x: jax.Array, t: jax.Array | None, mask: jax.Array | None) -> jax.Array:
     """``<x, p>`` over the last axis, ``-inf`` on empty rows; shape ``(*batch, 1)``."""
-    lse, p, _ = _core(x, t, mask)
-    # 0 * (-inf) and 0 * NaN in excluded entries must not reach the sum.
-    w = jnp.sum(jnp.where(p > 0, x, 0) * p, axis=-1, keepdims=True)
-    return jnp.where(lse == _NEG_INF, _NEG_INF, w)
+    return _primal("wmean", x, t, mask)
 
 
 def _wmean_jvp(primals, tangents):
@@ -213,8 +262,11 @@ _wmean.defjvp(_wmean_jvp, symbolic_zeros=True)
 # --------------------------------------------------------------------------------------------------
 
 
-@partial(jax.jit, static_argnames=("axes", "kind", "keepdims", "name"))
-def _apply(x, t, where, *, axes, kind, keepdims, name):
+@partial(jax.jit, static_argnames=("axes", "kind", "keepdims", "name", "kernel"))
+def _apply(x, t, where, *, axes, kind, keepdims, name, kernel):
+    # ``kernel`` (the forced kernel or None) is unused here: it keys the jit cache, so that a trace
+    # made under one kernel is never reused under the other (see use_kernel).
+    del kernel
     layout, xc, tc, mc, out_dtype = _checks.canonicalize(x, t, where, axes, name)
     if layout.n == 0:  # an empty reduction: -inf for the reductions, an empty array otherwise
         red = jnp.full(layout.batch + (1,), _NEG_INF, xc.dtype)
@@ -222,8 +274,7 @@ def _apply(x, t, where, *, axes, kind, keepdims, name):
     elif kind == "mean":
         out = _wmean(xc, tc, mc)
     else:
-        lse, p, logp = _core(xc, tc, mc)
-        out = {"lse": lse, "p": p, "logp": logp}[kind]
+        out = _core_one(kind, xc, tc, mc)
     out = out.astype(out_dtype)
     if kind in ("lse", "mean"):
         return layout.reduced_from_canonical(out, keepdims)
@@ -232,7 +283,9 @@ def _apply(x, t, where, *, axes, kind, keepdims, name):
 
 def _dispatch(kind, name, x, axis, t, where, keepdims=False):
     x, t, where, axes = _checks.prepare(name, x, axis, t, where)
-    return _apply(x, t, where, axes=axes, kind=kind, keepdims=keepdims, name=name)
+    return _apply(
+        x, t, where, axes=axes, kind=kind, keepdims=keepdims, name=name, kernel=_forced_kernel
+    )
 
 
 def logsumexp(

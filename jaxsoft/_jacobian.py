@@ -8,17 +8,18 @@ import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 
-from jaxsoft import _checks
-from jaxsoft._core import _core, softargmax
+from jaxsoft import _checks, _core
+from jaxsoft._core import softargmax
 
 
-@partial(jax.jit, static_argnames=("axes",))
-def _jacobian(x, t, where, *, axes):
+@partial(jax.jit, static_argnames=("axes", "kernel"))
+def _jacobian(x, t, where, *, axes, kernel):
+    del kernel  # keys the jit cache only (see jaxsoft._core.use_kernel)
     layout, xc, tc, mc, out_dtype = _checks.canonicalize(x, t, where, axes, "softargmax_jacobian")
     n = layout.n
     if n == 0:
         return jnp.zeros(layout.batch + (0, 0), out_dtype)
-    _, p, _ = _core(xc, tc, mc)
+    p = _core._core_one("p", xc, tc, mc)
     jac = p[..., :, None] * (jnp.eye(n, dtype=p.dtype) - p[..., None, :])
     if tc is not None:
         # At t = 0 the hard argmax is piecewise constant: its derivative is 0 (as in the JVP rule).
@@ -54,8 +55,10 @@ def softargmax_jacobian(
       Array([[ 0.25, -0.25],
              [-0.25,  0.25]], dtype=float32)
     """
-    x, t, where, axes = _checks.prepare("softargmax_jacobian", x, axis, t, where)
-    return _jacobian(x, t, where, axes=axes)
+    prepared = _checks.prepare("softargmax_jacobian", x, axis, t, where)
+    return _jacobian(
+        prepared.x, prepared.t, prepared.where, axes=prepared.axes, kernel=_core._forced_kernel
+    )
 
 
 def softargmax_jvp(

@@ -10,8 +10,10 @@ def check_softcap(name: str, cap) -> float | None:
     """Validate ``logit_softcap``: ``None`` (no cap) or a concrete finite number ``> 0``."""
     if cap is None:
         return None
-    if isinstance(cap, bool) or not isinstance(cap, (int, float)) and not (
-        hasattr(cap, "ndim") and cap.ndim == 0 and not isinstance(cap, jax.core.Tracer)
+    if (
+        isinstance(cap, bool)
+        or not isinstance(cap, (int, float))
+        and not (hasattr(cap, "ndim") and cap.ndim == 0 and not isinstance(cap, jax.core.Tracer))
     ):
         raise TypeError(f"{name}: logit_softcap must be None or a positive number, got {cap!r}")
     value = float(cap)

@@ -62,3 +62,19 @@ def x64():
         yield
     finally:
         jax.config.update("jax_enable_x64", previous)
+
+
+@pytest.fixture(scope="module", params=["reference", "tuned_cpu"])
+def kernel(request):
+    """Run every test of a module under each core kernel (``jaxsoft._core.use_kernel``).
+
+    Module-scoped, so pytest runs a module's tests for one kernel, then for the other, and the
+    switch happens twice per module. Caches are cleared at each switch: a ``jax.jit`` of the test's
+    own, traced under the other kernel, must not be reused.
+    """
+    from jaxsoft import _core
+
+    jax.clear_caches()
+    with _core.use_kernel(request.param):
+        yield request.param
+    jax.clear_caches()

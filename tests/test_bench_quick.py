@@ -92,7 +92,37 @@ def test_quick_bench_json_memory_and_jacobian_rows(quick_run):
         "speed_vs_reference",
         "temp_memory",
         "jacobian_vs_jacfwd",
+        "compile_time",
+        "speed_softargmax_forward",
+        "speed_logsumexp_value_and_grad",
     }
+
+
+def test_quick_bench_json_times_every_input_variant(quick_run):
+    _, out = quick_run
+    res = _results(out)
+    variants = set(res["variants"])
+    assert variants >= {"normal", "masked_vocab", "confident", "pos_inf"}
+    for variant in variants:
+        ours = [r for r in res["timings"] if r["case"] == variant and r["impl"] == "jaxsoft"]
+        assert {(r["family"], r["mode"]) for r in ours} >= {
+            (f, m) for f in ("softargmax", "logsumexp") for m in MODES
+        }, variant
+        assert all(r["ratio_to_reference"] > 0 for r in ours)
+
+
+def test_quick_bench_json_compile_time_rows(quick_run):
+    _, out = quick_run
+    rows = _results(out)["compile"]
+    assert {r["family"] for r in rows} >= {
+        "softargmax",
+        "log_softargmax",
+        "logsumexp",
+        "softargmax_mean",
+    }
+    for r in rows:
+        assert r["ours_median_s"] > 0 and r["reference_median_s"] > 0
+        assert math.isclose(r["ratio_to_reference"], r["ours_median_s"] / r["reference_median_s"])
 
 
 def test_quick_bench_markdown_tables_are_rectangular(quick_run):

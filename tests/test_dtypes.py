@@ -10,10 +10,14 @@ import pytest
 import jaxsoft as js
 from tests import reference as ref
 
+# Every test here runs under each core kernel (the "kernel" fixture in conftest.py).
+pytestmark = pytest.mark.usefixtures("kernel")
+
 
 def _rng():
     """A fresh seeded generator: inputs must not depend on which tests ran before (xdist)."""
     return np.random.default_rng(0)
+
 
 FUNCS = [js.softargmax, js.log_softargmax, js.logsumexp, js.softargmax_mean]
 
@@ -51,7 +55,11 @@ def test_bf16_row_of_32768_within_one_bf16_ulp():
     lse = np.asarray(js.logsumexp(x), np.float64)
     assert np.all(np.abs(lse - lse_ref) <= _bf16_ulp(lse_ref))
     # Probabilities and log-probabilities, against a float64 NumPy reference.
-    lp_ref = x64 - np.log(np.exp(x64 - x64.max(-1, keepdims=True)).sum(-1, keepdims=True)) - x64.max(-1, keepdims=True)
+    lp_ref = (
+        x64
+        - np.log(np.exp(x64 - x64.max(-1, keepdims=True)).sum(-1, keepdims=True))
+        - x64.max(-1, keepdims=True)
+    )
     lp = np.asarray(js.log_softargmax(x), np.float64)
     assert np.all(np.abs(lp - lp_ref) <= _bf16_ulp(lp_ref))
     p = np.asarray(js.softargmax(x), np.float64)
@@ -72,17 +80,30 @@ def test_float64_when_enabled(x64, f):
 def test_float64_values_against_mpmath(x64):
     x = _rng().normal(size=(20, 6)) * 5
     np.testing.assert_allclose(js.logsumexp(jnp.asarray(x)), ref.logsumexp(x), rtol=4e-16)
-    np.testing.assert_allclose(js.log_softargmax(jnp.asarray(x), t=2.0), ref.log_softargmax(x, 2.0), rtol=1e-14)
+    np.testing.assert_allclose(
+        js.log_softargmax(jnp.asarray(x), t=2.0), ref.log_softargmax(x, 2.0), rtol=1e-14
+    )
 
 
-@pytest.mark.parametrize("shape,axis", [((4, 7), -1), ((3, 4, 5), 1), ((3, 4, 5), (0, 2)), ((6,), None)])
+@pytest.mark.parametrize(
+    "shape,axis", [((4, 7), -1), ((3, 4, 5), 1), ((3, 4, 5), (0, 2)), ((6,), None)]
+)
 def test_agrees_with_jax_nn_on_ordinary_inputs(shape, axis):
     x = jnp.asarray(_rng().normal(size=shape) * 4, jnp.float32)
-    np.testing.assert_allclose(js.softmax(x, axis=axis), jax.nn.softmax(x, axis=axis), rtol=2e-6, atol=1e-7)
-    np.testing.assert_allclose(js.log_softmax(x, axis=axis), jax.nn.log_softmax(x, axis=axis), rtol=2e-6, atol=2e-6)
-    np.testing.assert_allclose(js.logsumexp(x, axis=axis), jax.nn.logsumexp(x, axis=axis), rtol=2e-6, atol=2e-6)
     np.testing.assert_allclose(
-        js.logsumexp(x, axis=axis, keepdims=True), jax.nn.logsumexp(x, axis=axis, keepdims=True), rtol=2e-6, atol=2e-6
+        js.softmax(x, axis=axis), jax.nn.softmax(x, axis=axis), rtol=2e-6, atol=1e-7
+    )
+    np.testing.assert_allclose(
+        js.log_softmax(x, axis=axis), jax.nn.log_softmax(x, axis=axis), rtol=2e-6, atol=2e-6
+    )
+    np.testing.assert_allclose(
+        js.logsumexp(x, axis=axis), jax.nn.logsumexp(x, axis=axis), rtol=2e-6, atol=2e-6
+    )
+    np.testing.assert_allclose(
+        js.logsumexp(x, axis=axis, keepdims=True),
+        jax.nn.logsumexp(x, axis=axis, keepdims=True),
+        rtol=2e-6,
+        atol=2e-6,
     )
     g = jax.grad(lambda x: jnp.sum(js.log_softmax(x, axis=axis) * x))(x)
     g_nn = jax.grad(lambda x: jnp.sum(jax.nn.log_softmax(x, axis=axis) * x))(x)
@@ -96,6 +117,10 @@ def test_keepdims_and_per_row_temperature_shapes():
     assert js.logsumexp(x, t=t_rows, keepdims=True).shape == (2, 3, 1)
     for i in range(2):
         for j in range(3):
-            np.testing.assert_allclose(js.softargmax(x, t=t_rows)[i, j], js.softargmax(x[i, j], t=float(t_rows[i, j])), rtol=1e-6)
+            np.testing.assert_allclose(
+                js.softargmax(x, t=t_rows)[i, j],
+                js.softargmax(x[i, j], t=float(t_rows[i, j])),
+                rtol=1e-6,
+            )
     # The keepdims form of t is accepted too.
     np.testing.assert_allclose(js.softargmax(x, t=t_rows[..., None]), js.softargmax(x, t=t_rows))

@@ -8,6 +8,10 @@ import numpy as np
 import pytest
 
 import jaxsoft as js
+from jaxsoft import _core
+
+# Every test here runs under each core kernel (the "kernel" fixture in conftest.py).
+pytestmark = pytest.mark.usefixtures("kernel")
 
 INF = np.inf
 FUNCS = [js.softargmax, js.log_softargmax, js.logsumexp, js.softargmax_mean]
@@ -27,7 +31,7 @@ def _all_derivatives(f, x, *, t=1.0, where=None):
     ``t`` and ``where`` are traced arguments, so the edge cases reuse the compiled functions."""
     out = {}
     for name, d in DERIVS.items():
-        key = (f, name, x.shape, where is None)
+        key = (f, name, x.shape, where is None, _core._forced_kernel)
         if key not in _COMPILED:
             _COMPILED[key] = jax.jit(lambda x, t, w, d=d: d(lambda x: f(x, t=t, where=w))(x))
         out[name] = _COMPILED[key](x, jnp.float32(t), where)
@@ -83,7 +87,9 @@ def test_pos_inf_entries_share_the_mass_with_finite_gradients(t):
     x = jnp.array([INF, 1.0, INF, -INF, 3e38], jnp.float32)
     np.testing.assert_array_equal(js.softargmax(x, t=t), [0.5, 0, 0.5, 0, 0])
     assert float(js.logsumexp(x, t=t)) == INF
-    np.testing.assert_allclose(js.log_softargmax(x, t=t), [-np.log(2), -INF, -np.log(2), -INF, -INF])
+    np.testing.assert_allclose(
+        js.log_softargmax(x, t=t), [-np.log(2), -INF, -np.log(2), -INF, -INF]
+    )
     assert float(js.softargmax_mean(x, t=t)) == INF
     for f in FUNCS:
         for name, g in _all_derivatives(f, x, t=t).items():
@@ -135,7 +141,11 @@ def test_nan_stays_in_its_row_for_values_and_gradients():
         y = f(x)
         assert bool(jnp.all(jnp.isnan(y[0])))
         assert not bool(jnp.any(jnp.isnan(y[1])))
-        g = jax.grad(lambda x: jnp.sum(f(x) * jnp.array([1.0, 0.0])[:, None]) if y.ndim == 2 else jnp.sum(f(x)[0]))(x)
+        g = jax.grad(
+            lambda x: (
+                jnp.sum(f(x) * jnp.array([1.0, 0.0])[:, None]) if y.ndim == 2 else jnp.sum(f(x)[0])
+            )
+        )(x)
         assert bool(jnp.any(jnp.isnan(g[0])))
         assert not bool(jnp.any(jnp.isnan(g[1])))
         # Row 1's outputs against row 1's inputs: untouched by the NaN in row 0.
@@ -196,7 +206,9 @@ def test_where_matches_jax_nn_on_ordinary_inputs():
     rng = np.random.default_rng(3)
     x = jnp.asarray(rng.normal(size=(6, 7)), jnp.float32)
     w = jnp.asarray(rng.random((6, 7)) < 0.7).at[:, 0].set(True)
-    np.testing.assert_allclose(js.softargmax(x, where=w), jax.nn.softmax(x, where=w), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(
+        js.softargmax(x, where=w), jax.nn.softmax(x, where=w), rtol=1e-5, atol=1e-7
+    )
     lp, ref = js.log_softargmax(x, where=w), jax.nn.log_softmax(x, where=w)
     np.testing.assert_allclose(jnp.where(w, lp, 0), jnp.where(w, ref, 0), rtol=1e-5, atol=1e-6)
 
@@ -222,7 +234,12 @@ def test_nan_rows_on_long_rows():
     for f in FUNCS:
         y = np.asarray(f(x))
         rows = y if y.ndim == 1 else y[:, 0]
-        assert not np.isnan(rows[0]) and np.isnan(rows[1]) and np.isnan(rows[2]) and not np.isnan(rows[3])
+        assert (
+            not np.isnan(rows[0])
+            and np.isnan(rows[1])
+            and np.isnan(rows[2])
+            and not np.isnan(rows[3])
+        )
         if y.ndim == 2:
             assert np.all(np.isnan(y[1])) and np.all(np.isnan(y[2]))
     np.testing.assert_allclose(js.logsumexp(x)[0], np.log(4096.0), rtol=1e-6)

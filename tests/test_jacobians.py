@@ -9,12 +9,26 @@ import pytest
 from jax.test_util import check_grads
 
 import jaxsoft as js
+from jaxsoft import _core
 
+# The Jacobian tables run under each core kernel (the "kernel" fixture in conftest.py). The
+# check_grads tests exercise the JVP rules, which every kernel shares (only the primal values they
+# read differ, and those are checked on both kernels here and in test_properties.py), so they run
+# once, on the kernel this backend dispatches to: they are the slowest tests of the suite.
+both_kernels = pytest.mark.usefixtures("kernel")
+
+
+@pytest.fixture
+def dispatched():
+    """The default per-platform kernel, even between the "kernel" fixture's groups."""
+    with _core.use_kernel(None):
+        yield
 
 
 def _rng():
     """A fresh seeded generator: inputs must not depend on which tests ran before (xdist)."""
     return np.random.default_rng(0)
+
 
 CASES = [  # (shape, axis)
     ((5,), -1),
@@ -58,6 +72,7 @@ def _analytic_full(x, axis, t):
     return full
 
 
+@both_kernels
 @pytest.mark.parametrize("shape,axis", CASES)
 @pytest.mark.parametrize("t", TEMPS.values(), ids=TEMPS.keys())
 def test_analytic_jacobian_matches_jacfwd_and_jacrev(x64, shape, axis, t):
@@ -78,30 +93,43 @@ def test_analytic_jacobian_matches_jacfwd_and_jacrev(x64, shape, axis, t):
 FUNCS = [js.softargmax, js.log_softargmax, js.logsumexp, js.softargmax_mean]
 # Every function meets every shape/axis case and every temperature kind at least once, without
 # the full product (check_grads at order 2 is expensive to compile).
-GRAD_CASES = [(f, CASES[(i + j) % len(CASES)], t) for i, f in enumerate(FUNCS) for j, t in enumerate([0.5, 20.0, "per-row"])]
+GRAD_CASES = [
+    (f, CASES[(i + j) % len(CASES)], t)
+    for i, f in enumerate(FUNCS)
+    for j, t in enumerate([0.5, 20.0, "per-row"])
+]
 
 
 @pytest.mark.parametrize(
     "f,case,t", GRAD_CASES, ids=[f"{f.__name__}-{c[0]}-{c[1]}-{t}" for f, c, t in GRAD_CASES]
 )
-def test_check_grads_orders_1_and_2(x64, f, case, t):
+def test_check_grads_orders_1_and_2(x64, dispatched, f, case, t):
     shape, axis = case
     x = jnp.asarray(_rng().normal(size=shape))
     t = _temperature(t, shape, axis)
-    check_grads(jax.jit(lambda x: f(x, axis=axis, t=t)), (x,), order=2, modes=("fwd", "rev"), eps=1e-5)
+    check_grads(
+        jax.jit(lambda x: f(x, axis=axis, t=t)), (x,), order=2, modes=("fwd", "rev"), eps=1e-5
+    )
     # ... and in the temperature, scalar or per-row.
     check_grads(
-        jax.jit(lambda t: f(x, axis=axis, t=t)), (jnp.asarray(t, jnp.float64),), order=2, modes=("fwd", "rev"), eps=1e-6
+        jax.jit(lambda t: f(x, axis=axis, t=t)),
+        (jnp.asarray(t, jnp.float64),),
+        order=2,
+        modes=("fwd", "rev"),
+        eps=1e-6,
     )
 
 
 @pytest.mark.parametrize("f", FUNCS, ids=lambda f: f.__name__)
-def test_check_grads_with_mask(x64, f):
+def test_check_grads_with_mask(x64, dispatched, f):
     x = jnp.asarray(_rng().normal(size=(3, 5)))
     w = jnp.asarray([[1, 1, 0, 1, 1], [0, 1, 1, 1, 1], [1, 1, 1, 1, 0]], bool)
-    check_grads(jax.jit(lambda x: f(x, t=0.7, where=w)), (x,), order=2, modes=("fwd", "rev"), eps=1e-5)
+    check_grads(
+        jax.jit(lambda x: f(x, t=0.7, where=w)), (x,), order=2, modes=("fwd", "rev"), eps=1e-5
+    )
 
 
+@both_kernels
 @pytest.mark.parametrize("t", [0.05, 1.0, 20.0])
 def test_jacobian_float32_matches_autodiff_under_jit_and_vmap(t):
     x = jnp.asarray(_rng().normal(size=(6, 8)), jnp.float32)
@@ -113,16 +141,22 @@ def test_jacobian_float32_matches_autodiff_under_jit_and_vmap(t):
     np.testing.assert_allclose(per_row_rev, analytic, atol=atol)
 
 
+@both_kernels
 def test_jacobian_matches_finite_differences(x64):
     x = jnp.asarray(_rng().normal(size=(7,)))
     eps = 1e-6
     fd = np.stack(
-        [(js.softargmax(x.at[j].add(eps), t=0.8) - js.softargmax(x.at[j].add(-eps), t=0.8)) / (2 * eps) for j in range(7)],
+        [
+            (js.softargmax(x.at[j].add(eps), t=0.8) - js.softargmax(x.at[j].add(-eps), t=0.8))
+            / (2 * eps)
+            for j in range(7)
+        ],
         axis=1,
     )
     np.testing.assert_allclose(js.softargmax_jacobian(x, t=0.8), fd, atol=1e-8)
 
 
+@both_kernels
 def test_jacobian_at_edges():
     x = jnp.array([[0.0, -jnp.inf, 1.0], [jnp.inf, 2.0, jnp.inf], [-jnp.inf] * 3])
     jac = js.softargmax_jacobian(x)
@@ -133,6 +167,7 @@ def test_jacobian_at_edges():
     np.testing.assert_array_equal(js.softargmax_jacobian(x, t=0.0), 0)
 
 
+@both_kernels
 def test_jvp_and_vjp_helpers_are_o_n_products():
     x = jnp.asarray(_rng().normal(size=(4, 6)), jnp.float32)
     v = jnp.asarray(_rng().normal(size=(4, 6)), jnp.float32)
@@ -146,8 +181,11 @@ def test_jvp_and_vjp_helpers_are_o_n_products():
         js.softargmax_jvp(x, v[:, :3])
 
 
+@both_kernels
 def test_jvp_rule_is_linear_time():
     # The rule's jaxpr must not contain an n x n intermediate.
     x = jnp.zeros((1000,), jnp.float32)
-    jaxpr = jax.make_jaxpr(lambda x, v: jax.jvp(lambda x: js.softargmax(x, t=0.5), (x,), (v,)))(x, x)
+    jaxpr = jax.make_jaxpr(lambda x, v: jax.jvp(lambda x: js.softargmax(x, t=0.5), (x,), (v,)))(
+        x, x
+    )
     assert "1000,1000" not in str(jaxpr)

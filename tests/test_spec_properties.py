@@ -10,11 +10,13 @@ import pytest
 import jaxsoft as js
 from tests import reference as ref
 
+# Every test here runs under each core kernel (the "kernel" fixture in conftest.py).
+pytestmark = pytest.mark.usefixtures("kernel")
+
 
 def _rng():
     """A fresh seeded generator: inputs must not depend on which tests ran before (xdist)."""
     return np.random.default_rng(0)
-
 
 
 def _identity(f):
@@ -39,7 +41,9 @@ TRANSFORMS = pytest.mark.parametrize(
 
 
 @TRANSFORMS
-@pytest.mark.parametrize("shape,axis", [((7,), -1), ((3, 5), 0), ((2, 3, 4), 1), ((2, 3, 4), (0, 2))])
+@pytest.mark.parametrize(
+    "shape,axis", [((7,), -1), ((3, 5), 0), ((2, 3, 4), 1), ((2, 3, 4), (0, 2))]
+)
 @pytest.mark.parametrize("t", [0.05, 1.0, 20.0])
 def test_1_1_softargmax_is_a_distribution(transform, shape, axis, t):
     batched = transform is _vmapped
@@ -114,7 +118,8 @@ def test_1_6_t_zero_is_hard_argmax_with_ties_split():
     np.testing.assert_array_equal(js.softargmax(x, t=0.0), [[0, 0.5, 0.5, 0], [1, 0, 0, 0]])
     np.testing.assert_array_equal(js.logsumexp(x, t=0.0), [3.0, 5.0])
     np.testing.assert_allclose(
-        js.log_softargmax(x, t=0.0), [[-np.inf, -np.log(2), -np.log(2), -np.inf], [0, -np.inf, -np.inf, -np.inf]]
+        js.log_softargmax(x, t=0.0),
+        [[-np.inf, -np.log(2), -np.log(2), -np.inf], [0, -np.inf, -np.inf, -np.inf]],
     )
 
 
@@ -150,7 +155,9 @@ def test_1_7_derivative_in_t(x64, t):
     p = js.softargmax(x, t=t)
     expected = -p * (x - jnp.sum(p * x, -1, keepdims=True)) / t**2
     np.testing.assert_allclose(dp_dt, expected, rtol=1e-10, atol=1e-14)
-    np.testing.assert_allclose(jax.jacrev(lambda t: js.softargmax(x, t=t))(t), expected, rtol=1e-10, atol=1e-14)
+    np.testing.assert_allclose(
+        jax.jacrev(lambda t: js.softargmax(x, t=t))(t), expected, rtol=1e-10, atol=1e-14
+    )
 
 
 # ---------------------------------------------------------------------------------------------- 2
@@ -197,13 +204,19 @@ def test_2_4_gradient_is_softargmax_and_hessian_is_jacobian(x64, t):
 
 
 def test_2_5_logsumexp_keeps_the_small_part(x64):
-    assert float(js.logsumexp(jnp.array([0.0, -40.0]))) == pytest.approx(4.248354255291589e-18, rel=1e-14)
+    assert float(js.logsumexp(jnp.array([0.0, -40.0]))) == pytest.approx(
+        4.248354255291589e-18, rel=1e-14
+    )
     assert float(jax.nn.logsumexp(jnp.array([0.0, -40.0]))) == 0.0  # the behaviour we improve on
 
 
 def test_2_5_float32_logsumexp_within_2_ulp():
     x = np.concatenate(
-        [_rng().normal(size=(40, 16)) * 3, _rng().normal(size=(20, 16)) * 30 - 50, np.tile([[0.0, -20.0]], (1, 8))]
+        [
+            _rng().normal(size=(40, 16)) * 3,
+            _rng().normal(size=(20, 16)) * 30 - 50,
+            np.tile([[0.0, -20.0]], (1, 8)),
+        ]
     ).astype(np.float32)
     got = np.asarray(js.logsumexp(jnp.asarray(x)))
     err = ref.ulp_error(got, ref.logsumexp(x))
@@ -241,7 +254,9 @@ def test_3_2_log_softargmax_within_4_ulp_relative():
     grid = np.round(_rng().normal(size=(200, 3)) * 4 * 4096) / 4096
     x = np.concatenate(
         [
-            np.array([[0.0, -30.0, -40.0], [0.0, -25.0, -31.0], [5.0, -20.0, 4.0], [1.0, 1.0, -28.0]]),
+            np.array(
+                [[0.0, -30.0, -40.0], [0.0, -25.0, -31.0], [5.0, -20.0, 4.0], [1.0, 1.0, -28.0]]
+            ),
             grid,
             grid - 25.0 * (np.arange(3) > 0),  # one dominant logit per row: log p_0 ~ -1e-11
         ]
@@ -277,7 +292,9 @@ def test_4_2_mean_gradient(x64, t):
     x = jnp.asarray(_rng().normal(size=(7,)))
     p = js.softargmax(x, t=t)
     expected = p * (1 + (x - jnp.dot(p, x)) / t)
-    np.testing.assert_allclose(jax.grad(lambda x: js.softargmax_mean(x, t=t))(x), expected, rtol=1e-10, atol=1e-14)
+    np.testing.assert_allclose(
+        jax.grad(lambda x: js.softargmax_mean(x, t=t))(x), expected, rtol=1e-10, atol=1e-14
+    )
 
 
 def test_4_2_mean_gradient_survives_a_huge_shared_offset():

@@ -1,0 +1,125 @@
+"""Temporary memory: the core functions need no more scratch than their jax.nn / optax equivalents.
+
+Deterministic: XLA's own buffer assignment (``compiled.memory_analysis().temp_size_in_bytes``),
+nothing is run. Each public function is compiled as users get it (the kernel dispatched for this
+backend), forward and ``value_and_grad``, next to the same computation with ``jax.nn`` (``optax`` for
+cross-entropy). As in ``bench/memory.py``, per-row bookkeeping is not counted against us (up to 96
+bytes, 24 float32, a row: the max, the sums, normalisers, the per-row parameters of the output
+formula, flags); anything that grows with the row length is.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+import jaxsoft as js
+
+ROW_SLACK_BYTES = 96
+
+FUNCS = {
+    "softargmax": (js.softargmax, lambda x: jax.nn.softmax(x, axis=-1), False),
+    "log_softargmax": (js.log_softargmax, lambda x: jax.nn.log_softmax(x, axis=-1), False),
+    "logsumexp": (js.logsumexp, lambda x: jax.nn.logsumexp(x, axis=-1), True),
+    "softargmax_mean": (
+        js.softargmax_mean,
+        lambda x: jnp.sum(x * jax.nn.softmax(x, axis=-1), axis=-1),
+        True,
+    ),
+}
+# A batch of mid-size rows in float32 and a few long rows in bfloat16: XLA:CPU's fusion decisions
+# differ between the two, and so can the scratch each one needs.
+CASES = [((256, 2048), "float32"), ((8, 65536), "bfloat16")]
+MODES = ["forward", "value_and_grad"]
+
+
+def _temp_bytes(fn, *args) -> int:
+    return int(jax.jit(fn).lower(*args).compile().memory_analysis().temp_size_in_bytes)
+
+
+def _args(shape, dtype, reduces: bool):
+    x = jax.ShapeDtypeStruct(shape, jnp.dtype(dtype))
+    g = jax.ShapeDtypeStruct(shape[:1] if reduces else shape, jnp.dtype(dtype))
+    return x, g
+
+
+def _compare(ours, ref, shape, dtype, mode, reduces):
+    x, g = _args(shape, dtype, reduces)
+    if mode == "forward":
+        got, want = _temp_bytes(ours, x), _temp_bytes(ref, x)
+    else:
+
+        def vag(f):
+            return jax.value_and_grad(lambda x, g: jnp.sum(f(x) * g))
+
+        got, want = _temp_bytes(vag(ours), x, g), _temp_bytes(vag(ref), x, g)
+    assert got <= want + ROW_SLACK_BYTES * shape[0], (
+        f"{got} temp bytes, the reference needs {want} (+{ROW_SLACK_BYTES} B per row allowed)"
+    )
+
+
+# Measured misses of the tuned XLA:CPU kernel (jax 0.10.2), each a (batch, n) temporary. Strict: a
+# fix makes them fail here until they are removed from this list. Why, from the HLO: bench/README.md.
+_MEAN_RULE = (
+    "softargmax_mean's JVP rule centres x with full-size selects, which XLA writes to memory"
+)
+_BF16_COPY = "the float32 copy of the bfloat16 input is shared by two fusions and written to memory"
+KNOWN_MISSES = {
+    ("softargmax_mean", "float32", "value_and_grad"): _MEAN_RULE,
+    ("softargmax", "bfloat16", "forward"): _BF16_COPY,
+    ("log_softargmax", "bfloat16", "forward"): _BF16_COPY,
+    ("logsumexp", "bfloat16", "forward"): _BF16_COPY,
+    ("logsumexp", "bfloat16", "value_and_grad"): _BF16_COPY,
+}
+
+
+def _core_cases():
+    for name in FUNCS:
+        for shape, dtype in CASES:
+            for mode in MODES:
+                reason = KNOWN_MISSES.get((name, dtype, mode))
+                marks = [pytest.mark.xfail(strict=True, reason=reason)] if reason else []
+                yield pytest.param(name, shape, dtype, mode, marks=marks)
+
+
+@pytest.mark.parametrize(("name", "shape", "dtype", "mode"), list(_core_cases()))
+def test_core_function_needs_no_more_temp_memory_than_jax_nn(name, shape, dtype, mode):
+    ours, ref, reduces = FUNCS[name]
+    _compare(ours, ref, shape, dtype, mode, reduces)
+
+
+def _cross_entropy_cases():
+    # jaxsoft.losses is reworked by another change; the memory of its cross_entropy is tracked here
+    # and fixed there.
+    return [
+        pytest.param(
+            "forward",
+            marks=pytest.mark.xfail(
+                strict=True,
+                reason="jaxsoft.losses.cross_entropy (losses.py, reworked separately) holds a "
+                "(batch, n) temporary that optax does not",
+            ),
+        ),
+        pytest.param("value_and_grad"),
+    ]
+
+
+@pytest.mark.parametrize("mode", _cross_entropy_cases())
+def test_cross_entropy_needs_no_more_temp_memory_than_optax(mode):
+    optax = pytest.importorskip("optax")
+    losses = pytest.importorskip("jaxsoft.losses")
+    shape = (256, 2048)
+    x = jax.ShapeDtypeStruct(shape, jnp.float32)
+    labels = jax.ShapeDtypeStruct(shape[:1], jnp.int32)
+    ours = losses.cross_entropy
+    ref = optax.losses.softmax_cross_entropy_with_integer_labels
+    if mode == "forward":
+        got, want = _temp_bytes(ours, x, labels), _temp_bytes(ref, x, labels)
+    else:
+
+        def vag(f):
+            return jax.value_and_grad(lambda x, y: jnp.mean(f(x, y)))
+
+        got, want = _temp_bytes(vag(ours), x, labels), _temp_bytes(vag(ref), x, labels)
+    assert got <= want + ROW_SLACK_BYTES * shape[0], f"{got} temp bytes, optax needs {want}"
