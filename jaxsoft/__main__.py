@@ -53,7 +53,7 @@ def jacobian_rows():
         for t in (0.05, 1.0, 20.0):
             x64 = jnp.asarray(x, jnp.float64)
             analytic = np.asarray(js.softargmax_jacobian(x64, t=t))
-            f = lambda v: js.softargmax(v, t=t)  # noqa: E731
+            f = lambda v, t=t: js.softargmax(v, t=t)
             fwd = np.asarray(jax.jacfwd(f)(x64))
             rev = np.asarray(jax.jacrev(f)(x64))
             scale = 1.0 / t
@@ -185,7 +185,7 @@ def edge_rows():
         lse = float(js.logsumexp(xa, t=t, where=wa))
         lsm = np.asarray(js.log_softargmax(xa, t=t, where=wa))
         grads = [
-            jax.grad(lambda v, f=f: jnp.sum(f(v, t=t, where=wa)))(xa)
+            jax.grad(lambda v, f=f, t=t, wa=wa: jnp.sum(f(v, t=t, where=wa)))(xa)
             for f in (js.softargmax, js.log_softargmax, js.logsumexp, js.softargmax_mean)
         ]
         grad_nan = any(bool(jnp.any(jnp.isnan(g))) for g in grads)

@@ -7,17 +7,21 @@ import jax.numpy as jnp
 
 
 def check_softcap(name: str, cap) -> float | None:
-    """Validate ``logit_softcap``: ``None`` (no cap) or a concrete finite number ``> 0``."""
+    """Validate ``logit_softcap``: ``None`` (no cap) or a concrete finite number ``> 0``.
+
+    It must be concrete (a Python number or a concrete 0-d array): it is a compile-time constant.
+    """
     if cap is None:
         return None
-    if (
-        isinstance(cap, bool)
-        or not isinstance(cap, (int, float))
-        and not (hasattr(cap, "ndim") and cap.ndim == 0 and not isinstance(cap, jax.core.Tracer))
-    ):
+    if isinstance(cap, (bool, str, bytes)) or getattr(cap, "ndim", 0) != 0:
         raise TypeError(f"{name}: logit_softcap must be None or a positive number, got {cap!r}")
-    value = float(cap)
-    if not (value > 0 and value < float("inf")):
+    try:
+        value = float(cap)
+    except (TypeError, jax.errors.ConcretizationTypeError):
+        raise TypeError(
+            f"{name}: logit_softcap must be None or a concrete positive number, got {cap!r}"
+        ) from None
+    if not 0 < value < float("inf"):
         raise ValueError(f"{name}: logit_softcap must be a finite number > 0, got {value}")
     return value
 

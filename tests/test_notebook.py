@@ -35,7 +35,10 @@ def executed(tmp_path, monkeypatch):
         kernel_name="python3", kernel_spec_manager=KernelSpecManager(kernel_dirs=[])
     )
     client = NotebookClient(
-        nb, km=km, timeout=BUDGET_S, record_timing=False,
+        nb,
+        km=km,
+        timeout=BUDGET_S,
+        record_timing=False,
         resources={"metadata": {"path": str(tmp_path)}},
     )
     start = time.time()
@@ -66,8 +69,11 @@ def test_temperature_notebook_runs_clean_within_budget_and_writes_its_figures(ex
 
 def test_every_markdown_section_is_followed_by_code_with_asserts():
     nb = nbformat.read(NOTEBOOK, as_version=4)
-    sections = [i for i, c in enumerate(nb.cells)
-                if c.cell_type == "markdown" and c.source.lstrip().startswith("## ")]
+    sections = [
+        i
+        for i, c in enumerate(nb.cells)
+        if c.cell_type == "markdown" and c.source.lstrip().startswith("## ")
+    ]
     assert len(sections) == 7
     for i, cell in enumerate(nb.cells):
         if cell.cell_type == "markdown" and i > 0:
