@@ -19,6 +19,14 @@ from jaxsoft.calibration import expected_calibration_error, fit_temperature
 from jaxsoft.divergences import entropy, kl_divergence
 from jaxsoft.gumbel import gumbel_softargmax
 from jaxsoft.large_vocab import chunked_logsumexp, linear_cross_entropy
+from jaxsoft.lm_head import (
+    linear_entropy,
+    linear_kl_divergence,
+    linear_log_probs,
+    sharded_linear_entropy,
+    sharded_linear_kl_divergence,
+    sharded_linear_log_probs,
+)
 from jaxsoft.losses import (
     cross_entropy,
     cross_entropy_with_probs,
@@ -42,6 +50,9 @@ __all__ = [
     "gumbel_softargmax",
     "kl_divergence",
     "linear_cross_entropy",
+    "linear_entropy",
+    "linear_kl_divergence",
+    "linear_log_probs",
     "log_softargmax",
     "log_softmax",
     "logsumexp",
@@ -51,6 +62,9 @@ __all__ = [
     "sampling_mask",
     "sharded_cross_entropy",
     "sharded_linear_cross_entropy",
+    "sharded_linear_entropy",
+    "sharded_linear_kl_divergence",
+    "sharded_linear_log_probs",
     "sharded_logsumexp",
     "sharded_sample",
     "sigmoid_cross_entropy",
