@@ -65,7 +65,9 @@ def _head_case(n, d, v, chunks, sweep, repeats, warmup, seed=0):
     compiled, temp, compile_s = {}, {}, {}
     for name, f in losses.items():
         start = time.perf_counter()
-        compiled[name] = jax.jit(jax.value_and_grad(f, argnums=(0, 1))).lower(h, W, labels).compile()
+        compiled[name] = (
+            jax.jit(jax.value_and_grad(f, argnums=(0, 1))).lower(h, W, labels).compile()
+        )
         compile_s[name] = time.perf_counter() - start
         temp[name] = int(compiled[name].memory_analysis().temp_size_in_bytes)
     # The fused loss must agree with the naive one before its time means anything.
@@ -73,9 +75,13 @@ def _head_case(n, d, v, chunks, sweep, repeats, warmup, seed=0):
     for name, c in compiled.items():
         out = c(h, W, labels)
         err = float(jnp.abs(out[0] - ref[0]) / jnp.abs(ref[0]))
-        gerr = max(float(jnp.max(jnp.abs(a - b)) / jnp.max(jnp.abs(b))) for a, b in zip(out[1], ref[1]))
+        gerr = max(
+            float(jnp.max(jnp.abs(a - b)) / jnp.max(jnp.abs(b))) for a, b in zip(out[1], ref[1])
+        )
         if err > 1e-4 or gerr > 1e-3:
-            raise AssertionError(f"{name} disagrees with naive at V={v}: loss {err:.2e}, grads {gerr:.2e}")
+            raise AssertionError(
+                f"{name} disagrees with naive at V={v}: loss {err:.2e}, grads {gerr:.2e}"
+            )
     samples = _timing().interleaved(
         {name: partial(c, h, W, labels) for name, c in compiled.items()}, repeats, warmup
     )
@@ -84,7 +90,10 @@ def _head_case(n, d, v, chunks, sweep, repeats, warmup, seed=0):
         med = _timing().median(samples[name])
         rows.append(
             {
-                "n": n, "d": d, "vocab": v, "impl": name,
+                "n": n,
+                "d": d,
+                "vocab": v,
+                "impl": name,
                 "median_s": med,
                 "time_ratio_to_naive": med / _timing().median(samples["naive"]),
                 "temp_bytes": temp[name],
@@ -132,7 +141,11 @@ def _shard_case(n, v, repeats, warmup):
     root = Path(__file__).resolve().parent.parent
     out = subprocess.run(
         [sys.executable, "-c", _SHARD_CHILD, str(n), str(v), str(repeats), str(warmup)],
-        env=env, cwd=root, capture_output=True, text=True, check=True,
+        env=env,
+        cwd=root,
+        capture_output=True,
+        text=True,
+        check=True,
     )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -170,14 +183,20 @@ def _markdown(head_rows, shard, meta) -> str:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m bench.large_vocab", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(
+        prog="python -m bench.large_vocab", description=__doc__.split("\n")[0]
+    )
     ap.add_argument("--quick", action="store_true", help="tiny shapes, 2 runs: checks the harness")
     ap.add_argument("--out", default=None, help="output directory (default bench/results/)")
     ap.add_argument("--repeats", type=int, default=None, help="timed runs per figure (default 20)")
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--vocabs", type=int, nargs="*", default=None)
-    ap.add_argument("--sweep-vocab", type=int, default=None,
-                    help="the V at which all chunk sizes are timed (default: the smallest V)")
+    ap.add_argument(
+        "--sweep-vocab",
+        type=int,
+        default=None,
+        help="the V at which all chunk sizes are timed (default: the smallest V)",
+    )
     ap.add_argument("--no-shard", action="store_true")
     args = ap.parse_args(argv)
     import jax

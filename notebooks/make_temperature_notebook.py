@@ -451,10 +451,18 @@ show(fig, "07_gumbel_samples")
 
 def build() -> nbformat.NotebookNode:
     nb = nbformat.v4.new_notebook()
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nb.metadata["kernelspec"] = {
+        "name": "python3",
+        "display_name": "Python 3",
+        "language": "python",
+    }
     nb.metadata["language_info"] = {"name": "python"}
     for kind, text in CELLS:
-        cell = nbformat.v4.new_markdown_cell(text) if kind == "markdown" else nbformat.v4.new_code_cell(text)
+        cell = (
+            nbformat.v4.new_markdown_cell(text)
+            if kind == "markdown"
+            else nbformat.v4.new_code_cell(text)
+        )
         nb.cells.append(cell)
     # Stable cell ids keep the stored notebook's diff to what changed.
     for i, cell in enumerate(nb.cells):
@@ -466,9 +474,16 @@ def execute(nb: nbformat.NotebookNode) -> None:
     os.environ["MPLBACKEND"] = "Agg"
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
     # The kernel is the interpreter running this script, whatever kernelspecs are installed.
-    km = AsyncKernelManager(kernel_name="python3", kernel_spec_manager=KernelSpecManager(kernel_dirs=[]))
-    NotebookClient(nb, km=km, timeout=120, record_timing=False,
-                   resources={"metadata": {"path": str(NOTEBOOK.parent)}}).execute()
+    km = AsyncKernelManager(
+        kernel_name="python3", kernel_spec_manager=KernelSpecManager(kernel_dirs=[])
+    )
+    NotebookClient(
+        nb,
+        km=km,
+        timeout=120,
+        record_timing=False,
+        resources={"metadata": {"path": str(NOTEBOOK.parent)}},
+    ).execute()
 
 
 if __name__ == "__main__":

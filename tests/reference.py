@@ -16,7 +16,9 @@ def _rows(x):
 def logsumexp(x, t=1.0):
     rows, shape = _rows(x)
     t = mpmath.mpf(float(t))
-    out = [t * mpmath.log(mpmath.fsum(mpmath.exp(mpmath.mpf(float(v)) / t) for v in r)) for r in rows]
+    out = [
+        t * mpmath.log(mpmath.fsum(mpmath.exp(mpmath.mpf(float(v)) / t) for v in r)) for r in rows
+    ]
     return np.array([float(v) for v in out]).reshape(shape[:-1])
 
 

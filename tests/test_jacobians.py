@@ -10,6 +10,7 @@ from jax.test_util import check_grads
 
 import jaxsoft as js
 from jaxsoft import _core
+from tests.conftest import thorough
 
 # The Jacobian tables run under each core kernel (the "kernel" fixture in conftest.py). The
 # check_grads tests exercise the JVP rules, which every kernel shares (only the primal values they
@@ -72,9 +73,14 @@ def _analytic_full(x, axis, t):
     return full
 
 
+# CI: every shape/axis case at t = 1 and per-row t on both kernels; the thorough profile adds the
+# extreme temperatures (which the check_grads and property tests also cover).
+JAC_TEMPS = TEMPS if thorough() else {k: TEMPS[k] for k in ("t=1", "per-row")}
+
+
 @both_kernels
 @pytest.mark.parametrize("shape,axis", CASES)
-@pytest.mark.parametrize("t", TEMPS.values(), ids=TEMPS.keys())
+@pytest.mark.parametrize("t", JAC_TEMPS.values(), ids=JAC_TEMPS.keys())
 def test_analytic_jacobian_matches_jacfwd_and_jacrev(x64, shape, axis, t):
     x = jnp.asarray(_rng().normal(size=shape) * 2)
     t = _temperature(t, shape, axis)
@@ -93,10 +99,13 @@ def test_analytic_jacobian_matches_jacfwd_and_jacrev(x64, shape, axis, t):
 FUNCS = [js.softargmax, js.log_softargmax, js.logsumexp, js.softargmax_mean]
 # Every function meets every shape/axis case and every temperature kind at least once, without
 # the full product (check_grads at order 2 is expensive to compile).
+# CI: two temperatures per function (a scalar and a per-row one, each function on other shapes);
+# the thorough profile adds t = 20.
+GRAD_TEMPS = [0.5, 20.0, "per-row"] if thorough() else [0.5, "per-row"]
 GRAD_CASES = [
     (f, CASES[(i + j) % len(CASES)], t)
     for i, f in enumerate(FUNCS)
-    for j, t in enumerate([0.5, 20.0, "per-row"])
+    for j, t in enumerate(GRAD_TEMPS)
 ]
 
 
