@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, settings
 # device 0, so nothing else changes.
 jax.config.update("jax_num_cpu_devices", 8)
 
-CI_EXAMPLES = 200
+CI_EXAMPLES = 120
 THOROUGH_EXAMPLES = 5000
 
 # Each example is cheap once its shape is compiled; hypothesis' too_slow/data_too_large checks would
