@@ -257,6 +257,17 @@ def _wmean_jvp(primals, tangents):
 _wmean.defjvp(_wmean_jvp, symbolic_zeros=True)
 
 
+# The internal API of this (private) module for the rest of the package: the custom-JVP kernels
+# over the canonical layout, and the kernel a test forced (part of jit cache keys).
+core = _core
+core_one = _core_one
+
+
+def forced_kernel() -> str | None:
+    """The kernel forced by :func:`use_kernel`, or ``None`` for the per-platform default."""
+    return _forced_kernel
+
+
 # --------------------------------------------------------------------------------------------------
 # Public functions: validate eagerly, then one jitted dispatch into the canonical kernels.
 # --------------------------------------------------------------------------------------------------

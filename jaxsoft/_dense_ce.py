@@ -26,7 +26,7 @@ import jax.numpy as jnp
 
 from jaxsoft import _ce
 from jaxsoft import _rowstats as rs
-from jaxsoft._core import _core
+from jaxsoft._core import core as _core
 
 NEG_INF = rs.NEG_INF
 

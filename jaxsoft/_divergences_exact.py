@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 from jax.custom_derivatives import SymbolicZero
 
-from jaxsoft._core import _core
+from jaxsoft._core import core as _core
 
 _NEG_INF = -jnp.inf
 

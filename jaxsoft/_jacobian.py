@@ -19,7 +19,7 @@ def _jacobian(x, t, where, *, axes, kernel):
     n = layout.n
     if n == 0:
         return jnp.zeros(layout.batch + (0, 0), out_dtype)
-    p = _core._core_one("p", xc, tc, mc)
+    p = _core.core_one("p", xc, tc, mc)
     jac = p[..., :, None] * (jnp.eye(n, dtype=p.dtype) - p[..., None, :])
     if tc is not None:
         # At t = 0 the hard argmax is piecewise constant: its derivative is 0 (as in the JVP rule).
@@ -57,7 +57,7 @@ def softargmax_jacobian(
     """
     prepared = _checks.prepare("softargmax_jacobian", x, axis, t, where)
     return _jacobian(
-        prepared.x, prepared.t, prepared.where, axes=prepared.axes, kernel=_core._forced_kernel
+        prepared.x, prepared.t, prepared.where, axes=prepared.axes, kernel=_core.forced_kernel()
     )
 
 

@@ -32,12 +32,17 @@ def _all_derivatives(f, x, *, t=1.0, where=None):
     ``t`` and ``where`` are traced arguments, so the edge cases reuse the compiled functions."""
     out = {}
     for name, d in DERIVS.items():
-        # The hessian exercises the JVP rule applied twice, which both kernels share; it is the
-        # costliest compile here, so CI takes it on the dispatched (tuned) kernel only and the
+        # jacrev and the hessian exercise the JVP rule transposed and applied twice, which both
+        # kernels share (grad and jacfwd already read each kernel's primal values); they are the
+        # costliest compiles here, so CI takes them on the dispatched (tuned) kernel only and the
         # thorough profile on both.
-        if name == "hessian" and _core._forced_kernel == "reference" and not thorough():
+        if (
+            name in ("jacrev", "hessian")
+            and _core.forced_kernel() == "reference"
+            and not thorough()
+        ):
             continue
-        key = (f, name, x.shape, where is None, _core._forced_kernel)
+        key = (f, name, x.shape, where is None, _core.forced_kernel())
         if key not in _COMPILED:
             _COMPILED[key] = jax.jit(lambda x, t, w, d=d: d(lambda x: f(x, t=t, where=w))(x))
         out[name] = _COMPILED[key](x, jnp.float32(t), where)

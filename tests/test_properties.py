@@ -370,7 +370,7 @@ _BUNDLES: dict = {}
 
 
 def _bundle(s: Structure, names: tuple[str, ...]):
-    key = (s.axis, s.tkind, s.wkind, names, _core._forced_kernel)
+    key = (s.axis, s.tkind, s.wkind, names, _core.forced_kernel())
     if key not in _BUNDLES:
 
         def run(x, t, where, cot):
