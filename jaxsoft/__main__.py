@@ -116,7 +116,7 @@ def accuracy_rows():
     for name, rows_in in cases.items():
         x = np.stack(rows_in).astype(np.float32)
         xd = x.astype(np.float64)
-        lse = np.asarray(js.logsumexp(jnp.asarray(x)))
+        lse = np.asarray(js.logsumexp(jnp.asarray(x), axis=-1))
         lsm = np.asarray(js.log_softargmax(jnp.asarray(x)))
         lse_err = max(_ulps(lse[i], _ref_lse(list(xd[i]))) for i in range(len(x)))
         lsm_err = 0.0

@@ -92,7 +92,9 @@ def check_temperature(t: ArrayLike, name: str) -> jax.Array | None:
     if not (jnp.issubdtype(t_arr.dtype, jnp.integer) or jnp.issubdtype(t_arr.dtype, jnp.floating)):
         raise TypeError(f"{name}: t must be real, got dtype {t_arr.dtype}")
     if _is_concrete(t_arr):
-        tv = np.asarray(t_arr, dtype=np.float64)
+        # A Python or NumPy t is checked on the host, from the value given: reading back the
+        # device copy would wait for a device round trip on every eager call.
+        tv = np.asarray(t_arr if isinstance(t, jax.Array) else t, dtype=np.float64)
         if np.any(np.isnan(tv)):
             raise ValueError(f"{name}: t must not be NaN")
         if np.any(tv < 0):
@@ -118,6 +120,31 @@ def check_where(where: ArrayLike | None, shape: tuple[int, ...], name: str) -> j
             f"{name}: where of shape {w.shape} does not broadcast to x of shape {shape}"
         ) from None
     return w
+
+
+def check_scale(b: ArrayLike, shape: tuple[int, ...], name: str) -> jax.Array:
+    """Validate logsumexp's scale factors ``b``: real numbers broadcastable to ``x``'s shape."""
+    b_arr = as_array(b, name, "b")
+    if not (jnp.issubdtype(b_arr.dtype, jnp.number) or b_arr.dtype == jnp.bool_):
+        raise TypeError(f"{name}: b must be a numeric array, got dtype {b_arr.dtype}")
+    if jnp.issubdtype(b_arr.dtype, jnp.complexfloating):
+        raise TypeError(f"{name}: complex b is not supported, got {b_arr.dtype}")
+    try:
+        ok = np.broadcast_shapes(b_arr.shape, shape) == tuple(shape)
+    except ValueError:
+        ok = False
+    if not ok:
+        raise ValueError(
+            f"{name}: b of shape {b_arr.shape} does not broadcast to x of shape {shape}"
+        )
+    return b_arr
+
+
+def check_flag(value, name: str, what: str) -> bool:
+    """A static boolean option (``keepdims``, ``return_sign``): a Python or NumPy bool."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name}: {what} must be a bool, got {value!r}")
+    return bool(value)
 
 
 class Layout(NamedTuple):
@@ -176,6 +203,11 @@ def canonical_temperature(t: jax.Array, layout: Layout) -> jax.Array:
     if t.ndim == len(layout.shape) and t.ndim > len(layout.batch):
         t = t.reshape(tuple(s for i, s in enumerate(t.shape) if i not in layout.axes))
     return jnp.broadcast_to(t, layout.batch)[..., None]
+
+
+def canonical_scale(b: jax.Array, layout: Layout, dtype) -> jax.Array:
+    """Inside jit: ``b`` broadcast to the input's shape, in ``(*batch, n)`` layout and ``dtype``."""
+    return layout.to_canonical(jnp.broadcast_to(b.astype(dtype), layout.shape))
 
 
 class Prepared(NamedTuple):

@@ -85,14 +85,29 @@ def _kernel_module(name: str | None):
 
 
 def _primal(fn: str, x: jax.Array, t: jax.Array | None, mask: jax.Array | None):
-    """Run kernel function ``fn`` ("core", "core_for_tangents" or "wmean") of the chosen kernel.
+    """Run kernel function ``fn`` ("core", "core_for_tangents" or "wmean") of the chosen kernel."""
+    # jit's trace cache keys on the abstract-mesh context, which is unset (None) at the top of a
+    # trace but the empty mesh inside a JVP rule (jax 0.10.2): pinning it to the current mesh,
+    # the same one, lets the rule reuse the primal's trace.
+    with jax.sharding.use_abstract_mesh(jax.sharding.get_abstract_mesh()):
+        return _kernel_call(x, t, mask, fn=fn, kernel=_forced_kernel)
+
+
+@partial(jax.jit, static_argnames=("fn", "kernel"))
+def _kernel_call(x, t, mask, *, fn: str, kernel: str | None):
+    """:func:`_primal`'s work, behind a ``jit`` so that each kernel is traced once per shape.
+
+    A custom JVP rule calls its primal again (:func:`_core_one_jvp`), and a backward pass traces
+    that rule: without the cache every kernel (both platform branches) was traced twice, about
+    half of the Python time of compiling a ``value_and_grad`` (jax 0.10.2). XLA inlines the call,
+    so the compiled program is the same.
 
     XLA:CPU gets the tuned kernel, every other backend the reference one: the tuned kernel's
     arithmetic indicators are there to keep XLA:CPU's reductions fused, which other compilers
     do not need, so there they would only add work. The choice is made at lowering time
     (:func:`jax.lax.platform_dependent`); the compiler never sees the other branch.
     """
-    module = _kernel_module(_forced_kernel)
+    module = _kernel_module(kernel)
     if module is not None:
         return getattr(module, fn)(x, t, mask)
     return jax.lax.platform_dependent(
@@ -273,12 +288,16 @@ def forced_kernel() -> str | None:
 # --------------------------------------------------------------------------------------------------
 
 
-@partial(jax.jit, static_argnames=("axes", "kind", "keepdims", "name", "kernel"))
-def _apply(x, t, where, *, axes, kind, keepdims, name, kernel):
+@partial(jax.jit, static_argnames=("axes", "kind", "keepdims", "signed", "name", "kernel"))
+def _apply(x, t, where, b=None, *, axes, kind, keepdims, name, kernel, signed=False):
     # ``kernel`` (the forced kernel or None) is unused here: it keys the jit cache, so that a trace
     # made under one kernel is never reused under the other (see use_kernel).
     del kernel
+    if b is not None:  # the result dtype is that of x and b together, as in jax.nn.logsumexp
+        x = x.astype(jnp.result_type(x, b))
     layout, xc, tc, mc, out_dtype = _checks.canonicalize(x, t, where, axes, name)
+    if b is not None:
+        return _scaled_result(layout, xc, tc, mc, b, out_dtype, keepdims, signed)
     if layout.n == 0:  # an empty reduction: -inf for the reductions, an empty array otherwise
         red = jnp.full(layout.batch + (1,), _NEG_INF, xc.dtype)
         out = red if kind in ("lse", "mean") else xc
@@ -287,9 +306,29 @@ def _apply(x, t, where, *, axes, kind, keepdims, name, kernel):
     else:
         out = _core_one(kind, xc, tc, mc)
     out = out.astype(out_dtype)
-    if kind in ("lse", "mean"):
-        return layout.reduced_from_canonical(out, keepdims)
-    return layout.from_canonical(out)
+    if kind not in ("lse", "mean"):
+        return layout.from_canonical(out)
+    out = layout.reduced_from_canonical(out, keepdims)
+    if not signed:
+        return out
+    # Without b every sum of exps is positive, or 0 on an empty row (-inf).
+    sign = jnp.where(out == _NEG_INF, 0, jnp.where(jnp.isnan(out), jnp.nan, 1))
+    return out, sign.astype(out_dtype)
+
+
+def _scaled_result(layout, xc, tc, mc, b, out_dtype, keepdims, signed):
+    """logsumexp with scale factors ``b`` from canonical inputs, in the output layout."""
+    if layout.n == 0:
+        out = jnp.full(layout.batch + (1,), _NEG_INF, xc.dtype)
+        sign = jnp.zeros_like(out)
+    else:
+        out, sign = _lse_scaled(xc, tc, mc, _checks.canonical_scale(b, layout, xc.dtype))
+    if not signed:  # a negative sum has no real log (jax.nn.logsumexp: NaN)
+        out = jnp.where(sign < 0, jnp.nan, out)
+    out = layout.reduced_from_canonical(out.astype(out_dtype), keepdims)
+    if not signed:
+        return out
+    return out, layout.reduced_from_canonical(sign.astype(out_dtype), keepdims)
 
 
 def _dispatch(kind, name, x, axis, t, where, keepdims=False):
@@ -299,39 +338,123 @@ def _dispatch(kind, name, x, axis, t, where, keepdims=False):
     )
 
 
+# --------------------------------------------------------------------------------------------------
+# logsumexp with scale factors b (jax.nn.logsumexp's ``b=``), built on the custom-JVP kernel.
+# --------------------------------------------------------------------------------------------------
+
+
+def _log1mexp(d: jax.Array) -> jax.Array:
+    """``log(1 - e^d)`` for ``d < 0``, accurate on both sides of ``-log 2`` (Maechler, 2012).
+
+    Each branch sees only inputs it is accurate and finite on, so neither leaks NaN tangents.
+    """
+    near = d > -0.6931471805599453
+    close = jnp.log(-jnp.expm1(jnp.where(near, d, -1.0)))
+    far = jnp.log1p(-jnp.exp(jnp.where(near, -1.0, d)))
+    return jnp.where(near, close, far)
+
+
+def _lse_scaled(x, t, mask, b):
+    """``(t log|sum_i b_i e^(x_i/t)|, sign of the sum)`` per row, canonical layout.
+
+    The sum splits into a positive and a negative part, ``e^(L+/t) - e^(L-/t)`` with
+    ``L+- = logsumexp_t(x + t log|b|)`` over the entries with ``b > 0`` / ``b < 0`` (one call of
+    the custom-JVP kernel on both parts at once), so every edge of the kernel carries over:
+    ``b = 0`` entries are left out (as ``jax.nn`` does; their ``x``, even ``+inf`` or NaN, change
+    nothing), an all-excluded row is ``-inf`` with sign 0 and zero gradient. The parts combine as
+    ``hi + t log(1 - e^((lo - hi)/t))``; a sum that cancels exactly gives ``-inf`` with sign 0 and
+    zero gradient. At ``t = 0`` the value is the max over the entries with ``b != 0`` and the sign
+    that of the sum of ``b`` over those maxima (``-inf`` and 0 if it is 0).
+    """
+    keep = b != 0  # NaN b stays in (in the positive part), so its row is NaN
+    if mask is not None:
+        keep = keep & mask
+    neg = b < 0
+    log_b = jnp.log(jnp.abs(jnp.where(keep, b, 1)))
+    xs = x + (log_b if t is None else t * log_b)
+    both = _core_one(
+        "lse",
+        jnp.stack([xs, xs]),
+        None if t is None else jnp.stack([t, t]),
+        jnp.stack([keep & ~neg, keep & neg]),
+    )
+    lp, ln = both[0], both[1]
+    take_p = jnp.isnan(lp) | (lp >= ln)  # a NaN part must become hi, so the NaN reaches the value
+    hi = jnp.where(take_p, lp, ln)
+    lo = jnp.where(take_p, ln, lp)
+    d = lo - hi  # <= 0; NaN on NaN rows, rows with both parts +inf, and empty rows
+    empty = hi == _NEG_INF
+    inf_row = (hi == jnp.inf) & (lo < jnp.inf)
+    cancel = d == 0
+    special = empty | inf_row | cancel
+    if t is None:
+        value = hi + _log1mexp(jnp.where(special, -1.0, d))
+    else:
+        special = special | (t == 0)
+        t_safe = jnp.where(t > 0, t, 1)
+        value = hi + t_safe * _log1mexp(jnp.where(special, -1.0, d / t_safe))
+    value = jnp.where(empty | cancel, _NEG_INF, jnp.where(inf_row, hi, value))
+    sign = jnp.where(take_p, 1.0, -1.0).astype(x.dtype)
+    if t is not None:
+        # The t -> 0 limit: the leading term, the sum of b over the maxima times e^(max / t).
+        m = jnp.where(empty | jnp.isnan(hi), 0, hi)
+        b_max = _rowsum(jnp.where(keep & (x == m), b, 0), None)
+        hard = (t == 0) & ~jnp.isnan(hi) & ~inf_row & ~empty
+        value = jnp.where(hard, jnp.where(b_max == 0, _NEG_INF, hi), value)
+        sign = jnp.where(hard, jnp.sign(b_max), sign)
+    sign = jnp.where(jnp.isnan(value), jnp.nan, jnp.where(value == _NEG_INF, 0, sign))
+    return value, jax.lax.stop_gradient(sign)
+
+
 def logsumexp(
     x: ArrayLike,
-    axis: _checks.Axis = -1,
+    axis: _checks.Axis = None,
+    b: ArrayLike | None = None,
+    keepdims: bool = False,
+    return_sign: bool = False,
+    where: ArrayLike | None = None,
     *,
     t: ArrayLike = 1.0,
-    where: ArrayLike | None = None,
-    keepdims: bool = False,
-) -> jax.Array:
+) -> jax.Array | tuple[jax.Array, jax.Array]:
     r"""Log-sum-exp with temperature: the smooth maximum (the notes' "good softMax").
 
     .. math::
         \mathrm{logsumexp}_t(x) = t \log \sum_{i \in S} e^{x_i / t}
         = m + t\,\mathrm{log1p}\Big(\sum_{i \ne k} e^{(x_i - m)/t}\Big),\quad m = \max_S x
 
-    Computed in the shifted ``log1p`` form, so nothing overflows and small parts survive:
-    ``logsumexp([0., -40.])`` is ``4.248e-18`` in float64, not 0. Its gradient is
-    ``softargmax(x, t=t)``; its derivative in ``t`` is the entropy of that distribution.
+    A drop-in for :func:`jax.nn.logsumexp` and :func:`jax.scipy.special.logsumexp` (same
+    arguments, order and defaults, ``axis=None`` reducing over every axis), with the temperature
+    ``t`` added and the edges below defined. Computed in the shifted ``log1p`` form, so nothing
+    overflows and small parts survive: ``logsumexp([0., -40.])`` is ``4.248e-18`` in float64,
+    not 0. Its gradient is ``softargmax(x, t=t)``; its derivative in ``t`` is the entropy of that
+    distribution. With ``b``, it is ``t log|sum_i b_i e^(x_i/t)|``.
 
     Args:
       x: input array of any shape, e.g. ``[batch, num_classes]``. Ints and bools promote like
         :mod:`jax.numpy`; bf16/f16 are accumulated in float32 and returned in their own dtype.
-      axis: int, tuple of ints, or ``None`` (all axes) to reduce over. Default ``-1``.
-      t: temperature ``>= 0``: a scalar, or an array broadcastable to the reduced shape (one per
-        row). ``t = 0`` gives ``max(x)``. May be traced and differentiated.
+      axis: int, tuple of ints, or ``None`` (all axes, the default, as in ``jax.nn``) to reduce
+        over. The other functions of jaxsoft default to ``-1``.
+      b: optional scale factors of the exponentials, broadcastable to ``x.shape`` (e.g. ``1/n``
+        for a log-mean-exp, or negative ones for a difference). Entries with ``b = 0`` are left
+        out, like masked ones (their gradient in ``b`` is 0, as in ``jax.nn``).
+      keepdims: keep the reduced axes with size 1.
+      return_sign: also return the sign of the sum (``1``, ``-1``, ``0`` for an empty or exactly
+        cancelling sum, NaN on a NaN row), the value being ``log`` of its absolute value. Without
+        it a negative sum gives NaN, as in ``jax.nn``.
       where: optional boolean mask broadcastable to ``x.shape``; ``False`` entries are left out
         (their values, even NaN or inf, change nothing).
-      keepdims: keep the reduced axes with size 1.
+      t: keyword-only temperature ``>= 0``: a scalar, or an array broadcastable to the reduced
+        shape (one per row). ``t = 0`` gives ``max(x)``. May be traced and differentiated.
 
     Returns:
-      Array of ``x``'s shape without ``axis`` (or with size-1 axes if ``keepdims``).
+      Array of ``x``'s shape without ``axis`` (or with size-1 axes if ``keepdims``), or the pair
+      ``(value, sign)`` of such arrays when ``return_sign``. The dtype is ``x``'s (with ``b``:
+      ``x``'s and ``b``'s promoted together), floats for int inputs.
 
     Edges: ``-inf`` entries are ignored; any ``+inf`` gives ``+inf``; an all ``-inf`` or fully
-    masked row (or an empty axis) gives ``-inf`` with zero gradient; a NaN gives NaN on its row.
+    masked row (or an empty axis) gives ``-inf`` with zero gradient (``jax.nn``: NaN gradient);
+    a NaN gives NaN on its row. With ``b``, a row whose positive and negative parts are both
+    ``+inf`` is NaN, and a sum that cancels exactly gives ``-inf`` with sign 0.
 
     Examples:
       >>> import jax.numpy as jnp, jaxsoft
@@ -339,10 +462,33 @@ def logsumexp(
       1e+30
       >>> float(jaxsoft.logsumexp(jnp.array([3.0, 1.0]), t=0.0))
       3.0
+      >>> x = jnp.array([[0.0, 1.0], [2.0, 3.0]])
+      >>> jaxsoft.logsumexp(x)  # every axis by default, as jax.nn.logsumexp
+      Array(3.44019, dtype=float32)
+      >>> jaxsoft.logsumexp(x, axis=-1, b=jnp.array([0.5, 0.5]))  # log-mean-exp of each row
+      Array([0.620114, 2.620115], dtype=float32)
+      >>> jaxsoft.logsumexp(jnp.array([0.0, 1.0]), b=jnp.array([1.0, -1.0]), return_sign=True)
+      (Array(0.541325, dtype=float32), Array(-1., dtype=float32))
 
     .. seealso:: :func:`softargmax` (its gradient), :func:`softargmax_mean` (the "bad" one).
     """
-    return _dispatch("lse", "logsumexp", x, axis, t, where, keepdims)
+    if b is None and not return_sign:  # the plain kernel, with nothing added
+        return _dispatch("lse", "logsumexp", x, axis, t, where, keepdims)
+    name = "logsumexp"
+    xa, ta, wa, axes = _checks.prepare(name, x, axis, t, where)
+    b_arr = None if b is None else _checks.check_scale(b, xa.shape, name)
+    return _apply(
+        xa,
+        ta,
+        wa,
+        b_arr,
+        axes=axes,
+        kind="lse",
+        keepdims=keepdims,
+        signed=_checks.check_flag(return_sign, name, "return_sign"),
+        name=name,
+        kernel=_forced_kernel,
+    )
 
 
 def softargmax(

@@ -173,7 +173,7 @@ On a constant vector, the weighted mean returns the constant and logsumexp adds 
 code(r"""
 ts = jnp.logspace(-2, 0.5, 200)
 X = jnp.broadcast_to(x, (ts.size, n))
-lse = np.asarray(jaxsoft.logsumexp(X, t=ts))
+lse = np.asarray(jaxsoft.logsumexp(X, axis=-1, t=ts))
 wmean = np.asarray(jaxsoft.softargmax_mean(X, t=ts))
 mx, mean = float(x.max()), float(x.mean())
 tsn = np.asarray(ts)

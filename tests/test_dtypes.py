@@ -19,7 +19,12 @@ def _rng():
     return np.random.default_rng(0)
 
 
-FUNCS = [js.softargmax, js.log_softargmax, js.logsumexp, js.softargmax_mean]
+def logsumexp(x, axis=-1, **kw):
+    """jaxsoft.logsumexp over the last axis, as the other functions (its default is every axis)."""
+    return js.logsumexp(x, axis, **kw)
+
+
+FUNCS = [js.softargmax, js.log_softargmax, logsumexp, js.softargmax_mean]
 
 
 @pytest.mark.parametrize("dtype", [jnp.int32, jnp.int8, jnp.bool_])
@@ -52,7 +57,7 @@ def test_bf16_row_of_32768_within_one_bf16_ulp():
     x = jnp.asarray(_rng().normal(size=(2, 32768)) * 2).astype(jnp.bfloat16)
     x64 = np.asarray(x, np.float64)
     lse_ref = ref.logsumexp(x64)
-    lse = np.asarray(js.logsumexp(x), np.float64)
+    lse = np.asarray(js.logsumexp(x, axis=-1), np.float64)
     assert np.all(np.abs(lse - lse_ref) <= _bf16_ulp(lse_ref))
     # Probabilities and log-probabilities, against a float64 NumPy reference.
     lp_ref = (
@@ -65,7 +70,7 @@ def test_bf16_row_of_32768_within_one_bf16_ulp():
     p = np.asarray(js.softargmax(x), np.float64)
     assert np.all(np.abs(p - np.exp(lp_ref)) <= _bf16_ulp(np.exp(lp_ref)))
     # jax.nn accumulates the sum in bf16 and loses far more than that on the same row.
-    nn = np.asarray(jax.nn.logsumexp(x), np.float64)
+    nn = np.asarray(jax.nn.logsumexp(x, axis=-1), np.float64)
     assert np.max(np.abs(nn - lse_ref)) >= np.max(np.abs(lse - lse_ref))
 
 
@@ -79,7 +84,7 @@ def test_float64_when_enabled(x64, f):
 
 def test_float64_values_against_mpmath(x64):
     x = _rng().normal(size=(20, 6)) * 5
-    np.testing.assert_allclose(js.logsumexp(jnp.asarray(x)), ref.logsumexp(x), rtol=4e-16)
+    np.testing.assert_allclose(js.logsumexp(jnp.asarray(x), -1), ref.logsumexp(x), rtol=4e-16)
     np.testing.assert_allclose(
         js.log_softargmax(jnp.asarray(x), t=2.0), ref.log_softargmax(x, 2.0), rtol=1e-14
     )
@@ -113,8 +118,8 @@ def test_agrees_with_jax_nn_on_ordinary_inputs(shape, axis):
 def test_keepdims_and_per_row_temperature_shapes():
     x = jnp.asarray(_rng().normal(size=(2, 3, 4)), jnp.float32)
     t_rows = jnp.array([[0.5, 1.0, 2.0], [1.0, 3.0, 0.1]])
-    assert js.logsumexp(x, t=t_rows).shape == (2, 3)
-    assert js.logsumexp(x, t=t_rows, keepdims=True).shape == (2, 3, 1)
+    assert js.logsumexp(x, -1, t=t_rows).shape == (2, 3)
+    assert js.logsumexp(x, -1, t=t_rows, keepdims=True).shape == (2, 3, 1)
     for i in range(2):
         for j in range(3):
             np.testing.assert_allclose(

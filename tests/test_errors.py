@@ -23,7 +23,7 @@ X = jnp.array([[0.5, -1.0, 2.0], [3.0, 0.0, -2.0]])  # (2, 3)
 
 # name -> call(x, **kwargs). Adding a public function is one entry here.
 FUNCS = {
-    "logsumexp": lambda x, **kw: jaxsoft.logsumexp(x, **kw),
+    "logsumexp": lambda x, axis=-1, **kw: jaxsoft.logsumexp(x, axis, **kw),
     "softargmax": lambda x, **kw: jaxsoft.softargmax(x, **kw),
     "log_softargmax": lambda x, **kw: jaxsoft.log_softargmax(x, **kw),
     "softargmax_mean": lambda x, **kw: jaxsoft.softargmax_mean(x, **kw),
@@ -228,6 +228,6 @@ def test_traced_negative_t_never_raises_and_makes_no_nan_outside_its_rows():
         np.testing.assert_array_equal(out[1], f(x[1]))
         assert np.all(np.isnan(np.asarray(out[0])))
     for f in (jaxsoft.logsumexp, jaxsoft.softargmax_mean):
-        out = jax.jit(lambda x, t: f(x, t=t))(x, t)
+        out = jax.jit(lambda x, t: f(x, -1, t=t))(x, t)
         np.testing.assert_array_equal(out[1], f(x[1]))
         assert np.isnan(np.asarray(out[0]))

@@ -96,7 +96,12 @@ def test_analytic_jacobian_matches_jacfwd_and_jacrev(x64, shape, axis, t):
     np.testing.assert_allclose(lfwd * p[:, None], analytic, rtol=1e-9, atol=1e-12)
 
 
-FUNCS = [js.softargmax, js.log_softargmax, js.logsumexp, js.softargmax_mean]
+def logsumexp(x, axis=-1, **kw):
+    """jaxsoft.logsumexp over the last axis, as the other functions (its default is every axis)."""
+    return js.logsumexp(x, axis, **kw)
+
+
+FUNCS = [js.softargmax, js.log_softargmax, logsumexp, js.softargmax_mean]
 # Every function meets every shape/axis case and every temperature kind at least once, without
 # the full product (check_grads at order 2 is expensive to compile).
 # CI: two temperatures per function (a scalar and a per-row one, each function on other shapes);

@@ -19,7 +19,7 @@ import jaxsoft
 from jaxsoft import _core, _jacobian
 
 FUNCS = {
-    "logsumexp": jaxsoft.logsumexp,
+    "logsumexp": lambda x, **kw: jaxsoft.logsumexp(x, -1, **kw),
     "softargmax": jaxsoft.softargmax,
     "log_softargmax": jaxsoft.log_softargmax,
     "softargmax_mean": jaxsoft.softargmax_mean,
@@ -70,7 +70,7 @@ def test_user_jit_traces_once_for_python_float_and_array_t():
     @jax.jit
     def f(x, t, w):
         traces.append(1)  # runs only when tracing
-        return jaxsoft.softargmax(x, t=t, where=w), jaxsoft.logsumexp(x, t=t, where=w)
+        return jaxsoft.softargmax(x, t=t, where=w), jaxsoft.logsumexp(x, -1, t=t, where=w)
 
     w = X > -1e29
     for t in (0.5, 1.5, 3.0, 0.0):  # Python floats: weak-typed scalars, one trace
@@ -116,7 +116,7 @@ def test_eight_threads_share_one_jitted_function():
         lambda x, t, w: (
             jaxsoft.softargmax(x, t=t, where=w),
             jaxsoft.log_softargmax(x, t=t, where=w),
-            jaxsoft.logsumexp(x, t=t, where=w),
+            jaxsoft.logsumexp(x, -1, t=t, where=w),
             jaxsoft.softargmax_mean(x, t=t, where=w),
             jax.grad(lambda x: jnp.sum(jaxsoft.softargmax(x, t=t, where=w)[..., 0]))(x),
         )

@@ -21,7 +21,7 @@ ROW_SLACK_BYTES = 96
 FUNCS = {
     "softargmax": (js.softargmax, lambda x: jax.nn.softmax(x, axis=-1), False),
     "log_softargmax": (js.log_softargmax, lambda x: jax.nn.log_softmax(x, axis=-1), False),
-    "logsumexp": (js.logsumexp, lambda x: jax.nn.logsumexp(x, axis=-1), True),
+    "logsumexp": (lambda x: js.logsumexp(x, -1), lambda x: jax.nn.logsumexp(x, axis=-1), True),
     "softargmax_mean": (
         js.softargmax_mean,
         lambda x: jnp.sum(x * jax.nn.softmax(x, axis=-1), axis=-1),

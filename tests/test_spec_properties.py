@@ -116,7 +116,7 @@ def test_1_6_larger_temperature_is_closer_to_uniform_with_limits():
 def test_1_6_t_zero_is_hard_argmax_with_ties_split():
     x = jnp.array([[1.0, 3.0, 3.0, -2.0], [5.0, 1.0, 0.0, 4.0]])
     np.testing.assert_array_equal(js.softargmax(x, t=0.0), [[0, 0.5, 0.5, 0], [1, 0, 0, 0]])
-    np.testing.assert_array_equal(js.logsumexp(x, t=0.0), [3.0, 5.0])
+    np.testing.assert_array_equal(js.logsumexp(x, axis=-1, t=0.0), [3.0, 5.0])
     np.testing.assert_allclose(
         js.log_softargmax(x, t=0.0),
         [[-np.inf, -np.log(2), -np.log(2), -np.inf], [0, -np.inf, -np.inf, -np.inf]],
@@ -167,7 +167,7 @@ def test_1_7_derivative_in_t(x64, t):
 def test_2_1_smooth_maximum_bounds(t):
     x = jnp.asarray(_rng().normal(size=(20, 7)) * 4, jnp.float32)
     w = jnp.asarray(_rng().random(size=(20, 7)) < 0.8).at[:, 0].set(True)
-    lse = js.logsumexp(x, t=t, where=w)
+    lse = js.logsumexp(x, axis=-1, t=t, where=w)
     mx = jnp.max(jnp.where(w, x, -jnp.inf), -1)
     size = w.sum(-1)
     assert bool(jnp.all(lse >= mx))
@@ -183,9 +183,11 @@ def test_2_1_logsumexp_tends_to_max():
 def test_2_2_shift_equivariance_and_monotone():
     x = jnp.asarray(_rng().normal(size=(5, 8)), jnp.float32)
     for a in [-100.0, 2.5, 1e3]:
-        np.testing.assert_allclose(js.logsumexp(x + a), js.logsumexp(x) + a, rtol=1e-6, atol=1e-4)
+        np.testing.assert_allclose(
+            js.logsumexp(x + a, -1), js.logsumexp(x, -1) + a, rtol=1e-6, atol=1e-4
+        )
     bumped = x.at[:, 3].add(0.5)
-    assert bool(jnp.all(js.logsumexp(bumped) > js.logsumexp(x)))
+    assert bool(jnp.all(js.logsumexp(bumped, -1) > js.logsumexp(x, -1)))
 
 
 @pytest.mark.parametrize("a", [-7.0, 0.0, 1e6])
@@ -218,7 +220,7 @@ def test_2_5_float32_logsumexp_within_2_ulp():
             np.tile([[0.0, -20.0]], (1, 8)),
         ]
     ).astype(np.float32)
-    got = np.asarray(js.logsumexp(jnp.asarray(x)))
+    got = np.asarray(js.logsumexp(jnp.asarray(x), axis=-1))
     err = ref.ulp_error(got, ref.logsumexp(x))
     assert err.max() <= 2.0, err.max()
 
@@ -229,7 +231,7 @@ def test_2_5_float32_logsumexp_within_2_ulp():
 @pytest.mark.parametrize("t", [0.3, 1.0, 4.0])
 def test_3_1_log_softargmax_is_x_over_t_minus_logsumexp(t):
     x = jnp.asarray(_rng().normal(size=(6, 5)), jnp.float32)
-    expected = x / t - js.logsumexp(x / t, keepdims=True)
+    expected = x / t - js.logsumexp(x / t, axis=-1, keepdims=True)
     np.testing.assert_allclose(js.log_softargmax(x, t=t), expected, rtol=1e-5, atol=1e-6)
 
 
@@ -284,7 +286,7 @@ def test_4_1_mean_keeps_f_aaa_and_shift_and_is_below_max():
     x = jnp.asarray(_rng().normal(size=(10, 6)), jnp.float32)
     np.testing.assert_allclose(js.softargmax_mean(x + 3.0), js.softargmax_mean(x) + 3.0, rtol=1e-5)
     assert bool(jnp.all(js.softargmax_mean(x, t=0.5) <= x.max(-1)))
-    assert bool(jnp.all(js.softargmax_mean(x) <= js.logsumexp(x)))
+    assert bool(jnp.all(js.softargmax_mean(x) <= js.logsumexp(x, axis=-1)))
 
 
 @pytest.mark.parametrize("t", [0.05, 1.0, 20.0])
