@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import statistics
 import time
 from collections.abc import Callable
@@ -16,13 +17,16 @@ def _once(fn: Callable[[], object]) -> float:
 
 
 def interleaved(
-    fns: dict[str, Callable[[], object]], repeats: int, warmup: int = 2
+    fns: dict[str, Callable[[], object]], repeats: int, warmup: int = 2, seed: int = 0
 ) -> dict[str, list[float]]:
     """Time each zero-argument callable ``repeats`` times, round-robin, after ``warmup`` calls each.
 
-    A round visits every callable once, in an order rotated by one each round, so a slow spell on
-    a shared machine lands on every candidate rather than on whichever happened to run then, and
-    no candidate always runs straight after the same neighbour (whose cache footprint it inherits).
+    A round visits every callable once, in a fresh random order (seeded), so a slow spell on a
+    shared machine lands on every candidate rather than on whichever happened to run then, and a
+    candidate's predecessor (whose cache footprint and freed buffers it inherits) changes from
+    round to round. A rotated order would keep it the same in all but one round in ``k``: an
+    executable timed twice under two names measured 0.93-0.95x of itself that way, 0.97-1.00x in
+    a random order (jax 0.10.2, bench/jacobian.py's cases).
 
     Returns:
       ``{name: [seconds, ...]}`` with ``repeats`` samples each. Results are NumPy or JAX values
@@ -33,9 +37,11 @@ def interleaved(
         for _ in range(warmup):
             jax.block_until_ready(fns[name]())
     samples: dict[str, list[float]] = {name: [] for name in names}
-    for r in range(repeats):
-        k = r % len(names)
-        for name in names[k:] + names[:k]:
+    rng = random.Random(seed)
+    order = list(names)
+    for _ in range(repeats):
+        rng.shuffle(order)
+        for name in order:
             samples[name].append(_once(fns[name]))
     return samples
 

@@ -19,14 +19,7 @@ from jaxsoft.calibration import expected_calibration_error, fit_temperature
 from jaxsoft.divergences import entropy, kl_divergence
 from jaxsoft.gumbel import gumbel_softargmax
 from jaxsoft.large_vocab import chunked_logsumexp, linear_cross_entropy
-from jaxsoft.lm_head import (
-    linear_entropy,
-    linear_kl_divergence,
-    linear_log_probs,
-    sharded_linear_entropy,
-    sharded_linear_kl_divergence,
-    sharded_linear_log_probs,
-)
+from jaxsoft.lm_head import linear_entropy, linear_kl_divergence, linear_log_probs
 from jaxsoft.losses import (
     cross_entropy,
     cross_entropy_with_probs,
@@ -36,6 +29,11 @@ from jaxsoft.losses import (
 from jaxsoft.reductions import count_valid
 from jaxsoft.sampling import sample, sampling_mask, sharded_sample
 from jaxsoft.sharded import sharded_cross_entropy, sharded_linear_cross_entropy, sharded_logsumexp
+from jaxsoft.sharded_lm_head import (
+    sharded_linear_entropy,
+    sharded_linear_kl_divergence,
+    sharded_linear_log_probs,
+)
 
 __all__ = [
     "__version__",

@@ -55,9 +55,14 @@ def check_head(name: str, h, W, bias, vd: bool, what: str = "") -> Head:
     return Head(h, W, bias)
 
 
+# Vocabulary entries per step unless the caller says otherwise: the default of every function.
+DEFAULT_CHUNK = 2048
+
+
 def check_options(
     name: str, chunk_size, logit_softcap, weight_layout
 ) -> tuple[int, float | None, bool]:
+    """``(chunk_size, cap, vd)``: the static options, validated."""
     return (
         _checks.check_chunk_size(name, chunk_size),
         check_softcap(name, logit_softcap),
@@ -112,3 +117,51 @@ def prepare(head: Head, t, where, vd: bool, other: Head | None = None):
     v = head.W.shape[0 if vd else 1]
     mask = None if where is None else where.reshape(-1, v) if where.ndim > 1 else where
     return out, t, mask, dtype
+
+
+def check_logprob_args(
+    name, h, W, bias, tokens, t, where, chunk_size, logit_softcap, weight_layout, sharded: bool
+):
+    """Eager checks of :func:`jaxsoft.lm_head.linear_log_probs`'s arguments (``tokens=None`` for
+    the entropy alone). Sharded: ``W`` is the local slice, so ``tokens`` (global ids) are checked
+    for being integers of the batch shape but not against the local vocabulary size.
+
+    Returns ``(head, tokens, t, where, opts)``, ``opts`` the static keyword arguments of
+    :func:`jaxsoft._lm_head_apply.logprob`.
+    """
+    chunk_size, cap, vd = check_options(name, chunk_size, logit_softcap, weight_layout)
+    head = check_head(name, h, W, bias, vd)
+    batch = head.h.shape[:-1]
+    v = head.W.shape[0 if vd else 1]
+    tok = None
+    if tokens is not None:
+        tok = _checks.check_labels(
+            name, tokens, batch, None if sharded else v, None, against=f"h of shape {head.h.shape}"
+        )
+    t_arr = check_t(name, t, batch)
+    mask = check_mask(name, where, batch, v)
+    return head, tok, t_arr, mask, dict(chunk_size=chunk_size, cap=cap, vd=vd)
+
+
+def check_kl_args(
+    name, h, W, th, tW, bias, tbias, t, where, chunk_size, logit_softcap, weight_layout
+):
+    """Eager checks of :func:`jaxsoft.lm_head.linear_kl_divergence`'s arguments: both heads, of
+    one batch and one vocabulary.
+
+    Returns ``(head, teacher, t, where, opts)``, ``opts`` the static keyword arguments of
+    :func:`jaxsoft._lm_head_apply.kl`.
+    """
+    chunk_size, cap, vd = check_options(name, chunk_size, logit_softcap, weight_layout)
+    head = check_head(name, h, W, bias, vd)
+    teacher = check_head(name, th, tW, tbias, vd, what="target_")
+    if teacher.h.shape[:-1] != head.h.shape[:-1] or teacher.W.shape[1 - vd] != head.W.shape[1 - vd]:
+        raise ValueError(
+            f"{name}: the teacher (target_h {teacher.h.shape}, target_W {teacher.W.shape}) must "
+            f"have the student's batch and vocabulary (h {head.h.shape}, W {head.W.shape})"
+        )
+    batch = head.h.shape[:-1]
+    v = head.W.shape[0 if vd else 1]
+    t_arr = check_t(name, t, batch)
+    mask = check_mask(name, where, batch, v)
+    return head, teacher, t_arr, mask, dict(chunk_size=chunk_size, cap=cap, vd=vd)

@@ -14,22 +14,25 @@ the temperature; ``-inf`` stays ``-inf``), ``where`` (a ``[V]`` or per-row ``[..
 vocabulary mask), ``weight_layout`` (``"dV"`` for ``W: [d, V]``, ``"Vd"`` for a tied embedding
 ``E: [V, d]`` passed as is) and ``chunk_size``.
 
-The ``sharded_*`` twins run inside :func:`jax.shard_map` with the vocabulary (``W``'s ``V`` axis and
-``bias``, ``where``) split over ``axis_name``; per-row statistics merge with one ``pmax`` and one
-``psum``, and ``h`` may be sharded over a data axis.
+Their twins with the vocabulary split over devices are in :mod:`jaxsoft.sharded_lm_head` (and,
+as before, importable from here too).
 """
 
 from __future__ import annotations
 
-from typing import Any, cast
-
 import jax
 from jax.typing import ArrayLike
 
-from jaxsoft import _checks
+from jaxsoft import _lm_head_apply as la
 from jaxsoft import _lm_head_checks as lc
-from jaxsoft import _lm_head_kl as klk
-from jaxsoft import _lm_head_logprob as lpk
+
+# The sharded twins lived here before they had a module of their own; ``from jaxsoft.lm_head
+# import sharded_linear_log_probs`` keeps working.
+from jaxsoft.sharded_lm_head import (
+    sharded_linear_entropy,
+    sharded_linear_kl_divergence,
+    sharded_linear_log_probs,
+)
 
 __all__ = [
     "linear_entropy",
@@ -39,38 +42,6 @@ __all__ = [
     "sharded_linear_kl_divergence",
     "sharded_linear_log_probs",
 ]
-
-_DEFAULT_CHUNK = 2048
-
-
-def _logprob_apply(h, W, bias, tokens, t, where, *, chunk_size, cap, vd, axis_name):
-    [hd], t2, mask, dtype = lc.prepare(lc.Head(h, W, bias), t, where, vd)
-    cfg = lc.cfg_of(chunk_size, cap, vd)
-    lp, ent = cast(Any, lpk.logprob_entropy)(
-        hd.h, hd.W, hd.bias, t2, mask, tokens.reshape(-1), cfg, axis_name
-    )
-    batch = h.shape[:-1]
-    return lp.reshape(batch).astype(dtype), ent.reshape(batch).astype(dtype)
-
-
-_logprob_jit = jax.jit(_logprob_apply, static_argnames=("chunk_size", "cap", "vd", "axis_name"))
-
-
-def _check_logprob(
-    name, h, W, bias, tokens, t, where, chunk_size, logit_softcap, weight_layout, sharded
-):
-    chunk_size, cap, vd = lc.check_options(name, chunk_size, logit_softcap, weight_layout)
-    head = lc.check_head(name, h, W, bias, vd)
-    batch = head.h.shape[:-1]
-    v = head.W.shape[0 if vd else 1]
-    tok = None
-    if tokens is not None:
-        tok = _checks.check_labels(
-            name, tokens, batch, None if sharded else v, None, against=f"h of shape {head.h.shape}"
-        )
-    t_arr = lc.check_t(name, t, batch)
-    mask = lc.check_mask(name, where, batch, v)
-    return head, tok, t_arr, mask, dict(chunk_size=chunk_size, cap=cap, vd=vd)
 
 
 def linear_log_probs(
@@ -83,7 +54,7 @@ def linear_log_probs(
     logit_softcap: float | None = None,
     where: ArrayLike | None = None,
     weight_layout: str = "dV",
-    chunk_size: int = _DEFAULT_CHUNK,
+    chunk_size: int = lc.DEFAULT_CHUNK,
     return_entropy: bool = False,
 ) -> jax.Array | tuple[jax.Array, jax.Array]:
     r"""Log-probability of given tokens under a linear head, without forming the logits.
@@ -129,10 +100,10 @@ def linear_log_probs(
       [-0.16985, -2.69673]
     """
     name = "linear_log_probs"
-    head, tok, t_arr, mask, opts = _check_logprob(
+    head, tok, t_arr, mask, opts = lc.check_logprob_args(
         name, h, W, bias, tokens, t, where, chunk_size, logit_softcap, weight_layout, False
     )
-    lp, ent = _logprob_jit(head.h, head.W, head.bias, tok, t_arr, mask, axis_name=None, **opts)
+    lp, ent = la.logprob_jit(head.h, head.W, head.bias, tok, t_arr, mask, axis_name=None, **opts)
     return (lp, ent) if return_entropy else lp
 
 
@@ -145,7 +116,7 @@ def linear_entropy(
     logit_softcap: float | None = None,
     where: ArrayLike | None = None,
     weight_layout: str = "dV",
-    chunk_size: int = _DEFAULT_CHUNK,
+    chunk_size: int = lc.DEFAULT_CHUNK,
 ) -> jax.Array:
     r"""Entropy of a linear head's softargmax distribution, without forming the logits.
 
@@ -173,117 +144,11 @@ def linear_entropy(
       1.3862943649291992
     """
     name = "linear_entropy"
-    head, _, t_arr, mask, opts = _check_logprob(
+    head, _, t_arr, mask, opts = lc.check_logprob_args(
         name, h, W, bias, None, t, where, chunk_size, logit_softcap, weight_layout, False
     )
     tok = jax.numpy.zeros(head.h.shape[:-1], jax.numpy.int32)
-    return _logprob_jit(head.h, head.W, head.bias, tok, t_arr, mask, axis_name=None, **opts)[1]
-
-
-def sharded_linear_log_probs(
-    h: ArrayLike,
-    W_local: ArrayLike,
-    tokens: ArrayLike,
-    axis_name,
-    *,
-    bias_local: ArrayLike | None = None,
-    t: ArrayLike = 1.0,
-    logit_softcap: float | None = None,
-    where_local: ArrayLike | None = None,
-    weight_layout: str = "dV",
-    chunk_size: int = _DEFAULT_CHUNK,
-    return_entropy: bool = False,
-) -> jax.Array | tuple[jax.Array, jax.Array]:
-    """:func:`linear_log_probs` with the vocabulary split over the mesh axis ``axis_name``.
-
-    Call inside :func:`jax.shard_map`: ``W_local`` is this device's ``V / P`` consecutive
-    vocabulary entries (``[d, V_local]`` or, with ``weight_layout="Vd"``, ``[V_local, d]``),
-    ``bias_local: [V_local]`` and ``where_local: [V_local]`` or ``[..., V_local]`` the matching
-    slices; ``h``, ``tokens`` (global ids) and ``t`` are replicated over ``axis_name`` (and may be
-    sharded over a data axis). Results are replicated over ``axis_name`` and equal the unsharded
-    ones, values and gradients, under ``check_vma`` True and False.
-    """
-    name = "sharded_linear_log_probs"
-    head, tok, t_arr, mask, opts = _check_logprob(
-        name,
-        h,
-        W_local,
-        bias_local,
-        tokens,
-        t,
-        where_local,
-        chunk_size,
-        logit_softcap,
-        weight_layout,
-        True,
-    )
-    lp, ent = _logprob_apply(
-        head.h, head.W, head.bias, tok, t_arr, mask, axis_name=axis_name, **opts
-    )
-    return (lp, ent) if return_entropy else lp
-
-
-def sharded_linear_entropy(
-    h: ArrayLike,
-    W_local: ArrayLike,
-    axis_name,
-    *,
-    bias_local: ArrayLike | None = None,
-    t: ArrayLike = 1.0,
-    logit_softcap: float | None = None,
-    where_local: ArrayLike | None = None,
-    weight_layout: str = "dV",
-    chunk_size: int = _DEFAULT_CHUNK,
-) -> jax.Array:
-    """:func:`linear_entropy` with the vocabulary split over ``axis_name`` (as
-    :func:`sharded_linear_log_probs`)."""
-    name = "sharded_linear_entropy"
-    head, _, t_arr, mask, opts = _check_logprob(
-        name,
-        h,
-        W_local,
-        bias_local,
-        None,
-        t,
-        where_local,
-        chunk_size,
-        logit_softcap,
-        weight_layout,
-        True,
-    )
-    tok = jax.numpy.zeros(head.h.shape[:-1], jax.numpy.int32)
-    return _logprob_apply(head.h, head.W, head.bias, tok, t_arr, mask, axis_name=axis_name, **opts)[
-        1
-    ]
-
-
-def _kl_apply(h, W, bias, th, tW, tbias, t, where, *, chunk_size, cap, vd, axis_name):
-    [hd, td], t2, mask, dtype = lc.prepare(
-        lc.Head(h, W, bias), t, where, vd, lc.Head(th, tW, tbias)
-    )
-    cfg = lc.cfg_of(chunk_size, cap, vd)
-    kernel = klk.kl if axis_name is None else klk.kl_sharded
-    out = cast(Any, kernel)(hd.h, hd.W, hd.bias, td.h, td.W, td.bias, t2, mask, cfg, axis_name)
-    return out.reshape(h.shape[:-1]).astype(dtype)
-
-
-_kl_jit = jax.jit(_kl_apply, static_argnames=("chunk_size", "cap", "vd", "axis_name"))
-
-
-def _check_kl(name, h, W, th, tW, bias, tbias, t, where, chunk_size, logit_softcap, weight_layout):
-    chunk_size, cap, vd = lc.check_options(name, chunk_size, logit_softcap, weight_layout)
-    head = lc.check_head(name, h, W, bias, vd)
-    teacher = lc.check_head(name, th, tW, tbias, vd, what="target_")
-    if teacher.h.shape[:-1] != head.h.shape[:-1] or teacher.W.shape[1 - vd] != head.W.shape[1 - vd]:
-        raise ValueError(
-            f"{name}: the teacher (target_h {teacher.h.shape}, target_W {teacher.W.shape}) must "
-            f"have the student's batch and vocabulary (h {head.h.shape}, W {head.W.shape})"
-        )
-    batch = head.h.shape[:-1]
-    v = head.W.shape[0 if vd else 1]
-    t_arr = lc.check_t(name, t, batch)
-    mask = lc.check_mask(name, where, batch, v)
-    return head, teacher, t_arr, mask, dict(chunk_size=chunk_size, cap=cap, vd=vd)
+    return la.logprob_jit(head.h, head.W, head.bias, tok, t_arr, mask, axis_name=None, **opts)[1]
 
 
 def linear_kl_divergence(
@@ -298,7 +163,7 @@ def linear_kl_divergence(
     logit_softcap: float | None = None,
     where: ArrayLike | None = None,
     weight_layout: str = "dV",
-    chunk_size: int = _DEFAULT_CHUNK,
+    chunk_size: int = lc.DEFAULT_CHUNK,
 ) -> jax.Array:
     r"""KL divergence of a student head from a teacher head, ``KL(q || p)``, without the logits.
 
@@ -342,7 +207,7 @@ def linear_kl_divergence(
       0.0
     """
     name = "linear_kl_divergence"
-    head, teacher, t_arr, mask, opts = _check_kl(
+    head, teacher, t_arr, mask, opts = lc.check_kl_args(
         name,
         h,
         W,
@@ -356,7 +221,7 @@ def linear_kl_divergence(
         logit_softcap,
         weight_layout,
     )
-    return _kl_jit(
+    return la.kl_jit(
         head.h,
         head.W,
         head.bias,
@@ -366,51 +231,5 @@ def linear_kl_divergence(
         t_arr,
         mask,
         axis_name=None,
-        **opts,
-    )
-
-
-def sharded_linear_kl_divergence(
-    h: ArrayLike,
-    W_local: ArrayLike,
-    target_h: ArrayLike,
-    target_W_local: ArrayLike,
-    axis_name,
-    *,
-    bias_local: ArrayLike | None = None,
-    target_bias_local: ArrayLike | None = None,
-    t: ArrayLike = 1.0,
-    logit_softcap: float | None = None,
-    where_local: ArrayLike | None = None,
-    weight_layout: str = "dV",
-    chunk_size: int = _DEFAULT_CHUNK,
-) -> jax.Array:
-    """:func:`linear_kl_divergence` with both heads' vocabulary split over ``axis_name`` (inside
-    :func:`jax.shard_map`, as :func:`sharded_linear_log_probs`)."""
-    name = "sharded_linear_kl_divergence"
-    head, teacher, t_arr, mask, opts = _check_kl(
-        name,
-        h,
-        W_local,
-        target_h,
-        target_W_local,
-        bias_local,
-        target_bias_local,
-        t,
-        where_local,
-        chunk_size,
-        logit_softcap,
-        weight_layout,
-    )
-    return _kl_apply(
-        head.h,
-        head.W,
-        head.bias,
-        teacher.h,
-        teacher.W,
-        teacher.bias,
-        t_arr,
-        mask,
-        axis_name=axis_name,
         **opts,
     )

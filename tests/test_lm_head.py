@@ -19,10 +19,8 @@ from jax.sharding import PartitionSpec as P
 from jax.test_util import check_grads
 
 import jaxsoft
-from jaxsoft.lm_head import (
-    linear_entropy,
-    linear_kl_divergence,
-    linear_log_probs,
+from jaxsoft.lm_head import linear_entropy, linear_kl_divergence, linear_log_probs
+from jaxsoft.sharded_lm_head import (
     sharded_linear_entropy,
     sharded_linear_kl_divergence,
     sharded_linear_log_probs,
