@@ -5,7 +5,7 @@ mean (the "bad softMax"), their Jacobians and the losses built on them.
 """
 
 from jaxsoft._attention import attention, merge_attention
-from jaxsoft._core import (
+from jaxsoft._functions import (
     log_softargmax,
     log_softmax,
     logsumexp,

@@ -32,7 +32,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 from jax import lax
-from jax.custom_derivatives import SymbolicZero
+
+from jaxsoft._rowstats import is_zero
 
 _NEG_INF = -jnp.inf
 
@@ -45,10 +46,6 @@ class Config(NamedTuple):
     is_causal: bool
     q_len: int  # T (rows are (group, position) pairs; the causal mask needs the position)
     seq_len: int  # S, the number of real keys (the chunked path pads to a multiple of the chunk)
-
-
-def _is_zero(tangent) -> bool:
-    return tangent is None or isinstance(tangent, SymbolicZero)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -203,9 +200,9 @@ def _softmax_values_jvp(masked, primals, tangents):
     p = e * inv
     dout = jnp.zeros_like(out)
     dlse = jnp.zeros_like(lse)
-    with_dt = t is not None and not _is_zero(dt)
-    if not _is_zero(ds) or with_dt:
-        ds_eff = jnp.zeros_like(s) if _is_zero(ds) else ds
+    with_dt = t is not None and not is_zero(dt)
+    if not is_zero(ds) or with_dt:
+        ds_eff = jnp.zeros_like(s) if is_zero(ds) else ds
         if with_dt:
             assert tp is not None
             w = jnp.where(p > 0, s - ref, 0)
@@ -218,7 +215,7 @@ def _softmax_values_jvp(masked, primals, tangents):
         dlse = dot
         if with_dt:
             dlse = dlse + jnp.log(jnp.where(l == 0, 1, l)) * dt
-    if not _is_zero(dv):
+    if not is_zero(dv):
         dout = dout + value_matmul(p, dv)
     return (out, lse), (dout, dlse)
 

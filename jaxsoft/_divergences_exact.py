@@ -13,15 +13,11 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-from jax.custom_derivatives import SymbolicZero
 
 from jaxsoft._core import core as _core
+from jaxsoft._rowstats import is_zero
 
 _NEG_INF = -jnp.inf
-
-
-def _is_zero(tangent) -> bool:
-    return tangent is None or isinstance(tangent, SymbolicZero)
 
 
 def _rowsum(a: jax.Array, mask: jax.Array | None = None) -> jax.Array:
@@ -86,9 +82,9 @@ def _entropy_jvp(primals, tangents):
     dx, dt, _ = tangents
     h, cx, ct = _entropy_coefficients(x, t, mask)
     dh = jnp.zeros_like(h)
-    if not _is_zero(dx):
+    if not is_zero(dx):
         dh = dh + _rowsum(cx * (dx if mask is None else jnp.where(mask, dx, 0)), mask)
-    if ct is not None and not _is_zero(dt):
+    if ct is not None and not is_zero(dt):
         dh = dh + ct * dt
     return h, dh
 
@@ -264,8 +260,8 @@ def _kl_jvp(primals, tangents):
     """
     x, y, t, mask = primals
     dx, dy, dt, _ = tangents
-    with_t = t is not None and not _is_zero(dt)
-    kl_v, cx, cy, ct = _kl_coefficients(x, y, t, mask, not _is_zero(dx), not _is_zero(dy), with_t)
+    with_t = t is not None and not is_zero(dt)
+    kl_v, cx, cy, ct = _kl_coefficients(x, y, t, mask, not is_zero(dx), not is_zero(dy), with_t)
     dkl = jnp.zeros_like(kl_v)
     if cx is not None:
         dkl = dkl + _rowsum(cx * (dx if mask is None else jnp.where(mask, dx, 0)), mask)

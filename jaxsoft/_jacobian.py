@@ -10,7 +10,7 @@ from jax import lax
 from jax.typing import ArrayLike
 
 from jaxsoft import _checks, _core
-from jaxsoft._core import softargmax
+from jaxsoft._functions import softargmax
 
 
 def _from_p(p: jax.Array, t: jax.Array | None) -> jax.Array:

@@ -29,16 +29,12 @@ from functools import partial
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.custom_derivatives import SymbolicZero
 from jax.typing import ArrayLike
 
 from jaxsoft import _checks
 from jaxsoft import _divergences_exact as exact
 from jaxsoft import _divergences_fast as fast
-
-
-def _is_zero(tangent) -> bool:
-    return tangent is None or isinstance(tangent, SymbolicZero)
+from jaxsoft._rowstats import is_zero
 
 
 def _rowsum(a: jax.Array, mask: jax.Array | None) -> jax.Array:
@@ -78,11 +74,11 @@ def _entropy_jvp(primals, tangents):
     """``dH = -<p (log p + H), dx> / t`` (+ ``Var_p(log p) / t * dt``, from the exact path)."""
     x, t, mask = primals
     dx, dt, _ = tangents
-    if t is not None and not _is_zero(dt):
+    if t is not None and not is_zero(dt):
         return exact.entropy_jvp((_f32(x), t, mask), tangents)
     st = fast.entropy_stats(x, t, mask)
     h = _pick(st.bad, lambda: exact.entropy(_f32(x), t, mask), st.h)
-    if _is_zero(dx):
+    if is_zero(dx):
         return h, jnp.zeros_like(h)
     cx = jax.lax.cond(
         jnp.any(st.bad),
@@ -112,11 +108,11 @@ def _kl_jvp(primals, tangents):
     exact path); ``p - q = -p expm1(r)`` keeps its digits when ``q ~ p``."""
     x, y, t, mask = primals
     dx, dy, dt, _ = tangents
-    if t is not None and not _is_zero(dt):
+    if t is not None and not is_zero(dt):
         return exact.kl_jvp((_f32(x), _f32(y), t, mask), tangents)
     st = fast.kl_stats(x, y, t, mask)
     kl = _pick(st.bad, lambda: exact.kl(_f32(x), _f32(y), t, mask), st.kl)
-    with_x, with_y = not _is_zero(dx), not _is_zero(dy)
+    with_x, with_y = not is_zero(dx), not is_zero(dy)
     dkl = jnp.zeros_like(kl)
     if not (with_x or with_y):
         return kl, dkl

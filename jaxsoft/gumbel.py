@@ -10,7 +10,7 @@ import numpy as np
 from jax.typing import ArrayLike
 
 from jaxsoft import _checks
-from jaxsoft._core import softargmax
+from jaxsoft._functions import softargmax
 
 _NAME = "gumbel_softargmax"
 

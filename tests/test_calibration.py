@@ -7,7 +7,7 @@ import pytest
 import scipy.optimize
 import scipy.special
 
-from jaxsoft._core import softargmax
+from jaxsoft._functions import softargmax
 from jaxsoft.calibration import expected_calibration_error, fit_temperature
 
 

@@ -160,12 +160,12 @@ def test_bad_call_raises_clear_error(name, x, kwargs, exc, pattern):
 @pytest.mark.parametrize("name", list(FUNCS))
 def test_bad_calls_fail_before_any_compile(name):
     # Validation runs eagerly: a bad call costs no trace and leaves no cache entry behind.
-    before = jaxsoft._core._apply._cache_size() + jaxsoft._jacobian._jacobian._cache_size()
+    before = jaxsoft._functions._apply._cache_size() + jaxsoft._jacobian._jacobian._cache_size()
     with pytest.raises(ValueError):
         FUNCS[name](X, t=-1.0)
     with pytest.raises(ValueError):
         FUNCS[name](X, axis=(0, 0))
-    after = jaxsoft._core._apply._cache_size() + jaxsoft._jacobian._jacobian._cache_size()
+    after = jaxsoft._functions._apply._cache_size() + jaxsoft._jacobian._jacobian._cache_size()
     assert after == before
 
 

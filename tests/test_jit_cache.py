@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 import jaxsoft
-from jaxsoft import _core, _jacobian
+from jaxsoft import _functions, _jacobian
 
 FUNCS = {
     "logsumexp": lambda x, **kw: jaxsoft.logsumexp(x, -1, **kw),
@@ -30,7 +30,7 @@ X = jnp.array([[0.5, -1.0, 2.0, 0.0], [3.0, -jnp.inf, -2.0, 1.0], [1e30, 1e30, -
 
 
 def _cache_size() -> int:
-    return _core._apply._cache_size() + _jacobian._jacobian._cache_size()
+    return _functions._apply._cache_size() + _jacobian._jacobian._cache_size()
 
 
 @pytest.mark.parametrize("name", list(FUNCS))

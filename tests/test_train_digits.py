@@ -8,7 +8,7 @@ import pytest
 
 pytest.importorskip("sklearn")
 
-from jaxsoft._core import softargmax
+from jaxsoft._functions import softargmax
 from jaxsoft.calibration import expected_calibration_error, fit_temperature
 from jaxsoft.examples import train_digits
 from jaxsoft.losses import cross_entropy

@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxsoft._core import softargmax
+from jaxsoft._functions import softargmax
 from jaxsoft.calibration import expected_calibration_error, fit_temperature
 from jaxsoft.losses import cross_entropy
 
