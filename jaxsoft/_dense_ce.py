@@ -4,10 +4,14 @@
   custom JVP. It forms no ``log_softargmax`` array. The forward pass is one exp-sum per row,
   shifted by the label's own logit: ``CE = log1p(s)``, ``s = sum_{j != y} e^{(x_j - x_y)/t}``,
   exact to a few ulps when the prediction is confident and right (tiny ``s``), where
-  ``logsumexp(x) - x_y`` rounds to 0. Rows this cannot take (``s`` overflows: the label trails
-  the max by more than ~88 t; +-inf; NaN; ``t = 0``; masks) use the max shift,
-  ``CE = log1p(expm1(a) + r) - a`` with ``a = (x_y - m)/t``, ``r = sum_{j != y} e^{(x_j - m)/t}``.
-  Both end in the finisher of :mod:`jaxsoft._ce` shared with the chunked and sharded losses.
+  ``logsumexp(x) - x_y`` rounds to 0. bf16/f16 logits are upcast inside that pass, never copied.
+  Rows it cannot take (``s`` overflows: the label trails the max by more than ~88 t, so the loss
+  is large and ``lse - x_y`` loses nothing; +-inf; NaN; ``t = 0``) read ``-log p_y`` from the
+  core's exact ``log p``, with no ``[batch, n]`` temporary. Masks, label smoothing on such rows,
+  and the JVP (which stores one array of weights for the backward pass, as optax does) use the
+  max shift, ``CE = log1p(expm1(a) + r) - a`` with ``a = (x_y - m)/t``,
+  ``r = sum_{j != y} e^{(x_j - m)/t}``. All end in the finisher of :mod:`jaxsoft._ce` shared
+  with the chunked and sharded losses.
 - :func:`ce_probs` ``(x, q, t, mask) -> (*batch,)``: probability targets, built on
   :func:`jaxsoft._core._core`.
 
@@ -27,6 +31,7 @@ import jax.numpy as jnp
 from jaxsoft import _ce
 from jaxsoft import _rowstats as rs
 from jaxsoft._core import core as _core
+from jaxsoft._core import core_one
 
 NEG_INF = rs.NEG_INF
 
@@ -66,6 +71,16 @@ def _off_label(shape, y, dtype):
 
 def _taker(y):
     return lambda a: jnp.take_along_axis(a, y[..., None], axis=-1)[..., 0]
+
+
+def _zero_label(e, y):
+    """``e`` with each row's label entry set to 0: a one-element-per-row scatter, in place.
+
+    The reduction over ``e`` is then a plain sum; the JVP adds the label's ``p_y`` back.
+    """
+    flat = e.reshape(-1, e.shape[-1])
+    flat = flat.at[jnp.arange(flat.shape[0]), y.reshape(-1)].set(0, unique_indices=True)
+    return flat.reshape(e.shape)
 
 
 def _general_rows(x, y, t, mask, materialize=False):
@@ -112,11 +127,7 @@ def _general_rows(x, y, t, mask, materialize=False):
             e = jax.lax.cond(jnp.any(hard), with_selects, plain, None)
         else:
             e = with_selects(None)
-        # The label's entry is zeroed by a one-element-per-row scatter into this array (in
-        # place), so that the reduction is a plain sum; the JVP adds the label's p_y back.
-        flat = e.reshape(-1, e.shape[-1])
-        flat = flat.at[jnp.arange(flat.shape[0]), y.reshape(-1)].set(0, unique_indices=True)
-        e = flat.reshape(e.shape)
+        e = _zero_label(e, y)
         r = jnp.sum(e, axis=-1)
     else:
         e = None
@@ -133,30 +144,86 @@ def _general_rows(x, y, t, mask, materialize=False):
     return _Rows(m_fin, norm, log_norm, a, hard), e
 
 
-def _label_rows(x, y, t, mask) -> _Rows:
-    """Row statistics for the forward pass."""
-    if mask is not None or x.shape[-1] >= _EXACT_INDEX:
-        return _general_rows(x, y, t, mask)[0]
-    # One pass: shift by the label's own logit, so that z_y = 0 and
-    # CE = log(1 + s), s = sum_{j != y} e^{(x_j - x_y)/t}, exact for tiny s and no max needed.
-    # A row where s overflows (the label trails the max by more than ~88 t in float32) or is
-    # not finite (+-inf, NaN, t = 0) takes the general path, which only runs if such a row exists.
-    x_y = _taker(y)(x)[..., None]
-    e = jnp.exp(rs.zdiff(x, x_y, rs.safe_t(t))) * jnp.minimum(_off_label(x.shape, y, x.dtype), 1)
-    s = jnp.sum(e, axis=-1)
+def _label_shifted(x, y, t, cdt):
+    """``(c, dead, z)`` in ``cdt``: the shift ``c`` (the label's logit, ``(*batch, 1)``), the rows
+    ``dead`` ``(*batch,)`` whose label sits on a ``-inf`` logit (shifted by 0 instead), and
+    ``z = (x - c) / t``.
+
+    The gather reads ``x`` in its own dtype behind a barrier: XLA would otherwise share one
+    upcast of a bf16 ``x`` between the gather and the sum, and write that float32 copy to memory
+    (jax 0.10.2; measured: a ``[batch, n]`` float32 temporary and a pass).
+    """
+    x_y = _taker(y)(jax.lax.optimization_barrier(x)).astype(cdt)[..., None]
+    dead = x_y == NEG_INF
+    c = jnp.where(dead, 0, x_y)
+    return c, dead[..., 0], rs.zdiff(x.astype(cdt), c, rs.safe_t(t))
+
+
+def _fast_ok(s, t):
+    """Rows the label shift gets right: ``s`` finite (no overflow, +-inf or NaN) and ``t > 0``."""
     ok = jnp.isfinite(s)
-    if t is not None:
-        ok = ok & (t[..., 0] > 0)
-    zero = jnp.zeros_like(s)
-    fast = _Rows(x_y, (1 + s)[..., None], jnp.log1p(s), zero, jnp.zeros_like(x_y, bool))
+    return ok if t is None else ok & (t[..., 0] > 0)
+
+
+def _core_rows(xf, y, t) -> _Rows:
+    """Any unmasked row from the core's exact ``log p`` at the label: ``CE = -log p_y``.
+
+    Only rows the label shift cannot take come here (``s`` overflows, so the loss exceeds ~88;
+    +-inf; NaN; ``t = 0``), where ``lse - x_y`` loses nothing, so the core's ``log p`` (which
+    covers every edge: ``-log k`` on a hard row's maxima) serves with ``log_norm = 0``. Where XLA
+    fuses the gather into the core's output pass no ``[batch, n]`` array is written (that depends
+    on the core kernel's fusions at the shape: see bench/README.md).
+    """
+    logp_y = _taker(y)(core_one("logp", xf, t, None))
+    zero = jnp.zeros_like(logp_y)
+    return _Rows(zero[..., None], (zero + 1)[..., None], zero, logp_y, (zero != 0)[..., None])
+
+
+def _label_rows(x, y, t, mask, smoothing) -> _Rows:
+    """Row statistics for the forward pass; ``x`` in its own dtype (bf16 is upcast in the fusion).
+
+    One pass: shift by the label's own logit, so that ``z_y = 0`` and
+    ``CE = log(1 + s)``, ``s = sum_{j != y} e^{(x_j - x_y)/t}``, exact for tiny ``s`` and no max
+    needed. Rows it cannot take (see :func:`_fast_ok`) take an exact path, which only runs if such
+    a row exists.
+    """
+    cdt = jnp.promote_types(x.dtype, jnp.float32)
+    if mask is not None or x.shape[-1] >= _EXACT_INDEX:
+        return _general_rows(x.astype(cdt), y, t, mask)[0]
+    c, dead, z = _label_shifted(x, y, t, cdt)
+    s = jnp.sum(jnp.exp(z) * jnp.minimum(_off_label(x.shape, y, cdt), 1), axis=-1)
+    # A label on a -inf logit (a masked vocabulary) has loss +inf, or NaN when s carries a NaN of
+    # its row; with the shift 0 the label's own term is e^-inf = 0, so the normaliser is s.
+    ok = _fast_ok(jnp.where(dead & ~jnp.isnan(s), 0, s), t)
+    norm = jnp.where(dead, s, 1 + s)
+    log_norm = jnp.where(dead, jnp.log(jnp.where(dead, s, 1)), jnp.log1p(s))
+    a = jnp.where(dead, NEG_INF, 0)
+    fast = _Rows(c, norm[..., None], log_norm, a, jnp.zeros_like(c, bool))
 
     def general(_):
         def row_select(f, g):
             return jnp.where(ok.reshape(ok.shape + (1,) * (f.ndim - ok.ndim)), f, g)
 
-        return jax.tree.map(row_select, fast, _general_rows(x, y, t, None)[0])
+        # The operand is x in its own dtype: a float32 copy made outside would be written to
+        # memory for this branch's sake.
+        xg = x.astype(cdt)
+        # Label smoothing needs the shift and the count of maxima that the core does not return.
+        slow = _general_rows(xg, y, t, None)[0] if smoothing else _core_rows(xg, y, t)
+        return jax.tree.map(row_select, fast, slow)
 
     return jax.lax.cond(jnp.all(ok), lambda _: fast, general, None)
+
+
+def _jvp_rows(x, y, t, mask):
+    """``(rows, e)`` for the JVP: ``e`` is ``p * norm`` off the label and 0 on it, one array.
+
+    Shifted by the row max, as optax does: the label shift would save the max pass, but which
+    rows it can take is only known from its own sum, and an ``e`` passed through the ``lax.cond``
+    that repairs the other rows is copied by XLA (a ``[batch, n]`` temporary and a pass more than
+    the max pass costs; jax 0.10.2).
+    """
+    cdt = jnp.promote_types(x.dtype, jnp.float32)
+    return _general_rows(x.astype(cdt), y, t, mask, materialize=True)
 
 
 class _LabelStats(NamedTuple):
@@ -175,11 +242,11 @@ def _label_stats(x, labels, t, mask, valid, smoothing, for_jvp=False) -> _LabelS
     y = jnp.where(in_range, labels, 0).astype(jnp.int32)
     e = None
     if for_jvp:
-        # The backward pass needs p on every entry, so here the max shift's one materialised
-        # array of weights serves all rows (a max pass is cheap next to the exp).
-        rows, e = _general_rows(x, y, t, mask, materialize=True)
+        # The backward pass needs p on every entry: one materialised array of weights.
+        rows, e = _jvp_rows(x, y, t, mask)
     else:
-        rows = _label_rows(x, y, t, mask)
+        rows = _label_rows(x, y, t, mask, smoothing)
+    x = x.astype(rows.c.dtype)
     t_row = None if t is None else t[..., 0]
     count = mz = all_at_max = None
     if smoothing:
@@ -224,6 +291,10 @@ def _ce_labels_jvp(smoothing, primals, tangents):
     """
     x, labels, t, mask, valid = primals
     dx, _, dt, _, _ = tangents
+    # One float32 copy for every pass here: measured to keep the scratch memory at optax's.
+    x = x.astype(jnp.promote_types(x.dtype, jnp.float32))
+    if not rs.is_zero(dx):
+        dx = dx.astype(x.dtype)
     st = _label_stats(x, labels, t, mask, valid, smoothing, for_jvp=True)
     rows = st.rows
     assert st.e is not None

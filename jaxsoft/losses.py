@@ -21,6 +21,7 @@ import numpy as np
 from jax.typing import ArrayLike
 
 from jaxsoft import _checks
+from jaxsoft._core import forced_kernel
 from jaxsoft._dense_ce import ce_labels, ce_probs, lse_rows, z_term
 from jaxsoft._softcap import check_softcap, softcap
 from jaxsoft.reductions import count_valid, mean_over_valid, reduce
@@ -65,15 +66,34 @@ def _with_lm_terms(loss, xc, tc, mc, valid, z_loss, return_lse, out_dtype, reduc
         "z_loss",
         "cap",
         "return_lse",
+        "kernel",
     ),
 )
 def _cross_entropy(
-    x, labels, t, where, *, axes, smoothing, ignore_index, reduction, z_loss, cap, return_lse
+    x,
+    labels,
+    t,
+    where,
+    *,
+    axes,
+    smoothing,
+    ignore_index,
+    reduction,
+    z_loss,
+    cap,
+    return_lse,
+    kernel,
 ):
-    _layout, xc, tc, mc, out_dtype = _checks.canonicalize(x, t, where, axes, "cross_entropy")
+    # ``kernel`` (the core kernel a test forced, or None) only keys the jit cache: edge rows read
+    # the core's log p, so a trace made under one kernel must not serve the other.
+    del kernel
+    layout, xc, tc, mc, out_dtype = _checks.canonicalize(x, t, where, axes, "cross_entropy")
     xc = softcap(xc, cap)
+    # The kernel upcasts bf16/f16 inside its own fusions: a float32 copy of x made here would be
+    # written to memory, as it feeds more than one pass.
+    xk = xc if cap is not None else layout.to_canonical(x.astype(out_dtype))
     valid = None if ignore_index is None else labels != ignore_index
-    loss = ce_labels(xc, labels, tc, mc, valid, smoothing)
+    loss = ce_labels(xk, labels, tc, mc, valid, smoothing)
     return _with_lm_terms(loss, xc, tc, mc, valid, z_loss, return_lse, out_dtype, reduction)
 
 
@@ -188,11 +208,13 @@ def cross_entropy(
         z_loss=_checks.check_z_loss(name, z_loss),
         cap=check_softcap(name, logit_softcap),
         return_lse=bool(return_lse),
+        kernel=forced_kernel(),
     )
 
 
-@partial(jax.jit, static_argnames=("axes", "reduction", "z_loss", "cap", "return_lse"))
-def _cross_entropy_with_probs(x, q, t, where, *, axes, reduction, z_loss, cap, return_lse):
+@partial(jax.jit, static_argnames=("axes", "reduction", "z_loss", "cap", "return_lse", "kernel"))
+def _cross_entropy_with_probs(x, q, t, where, *, axes, reduction, z_loss, cap, return_lse, kernel):
+    del kernel  # keys the jit cache only, as in _cross_entropy
     layout, xc, tc, mc, out_dtype = _checks.canonicalize(
         x, t, where, axes, "cross_entropy_with_probs"
     )
@@ -293,6 +315,7 @@ def cross_entropy_with_probs(
         z_loss=_checks.check_z_loss(name, z_loss),
         cap=check_softcap(name, logit_softcap),
         return_lse=bool(return_lse),
+        kernel=forced_kernel(),
     )
 
 

@@ -89,28 +89,18 @@ def test_core_function_needs_no_more_temp_memory_than_jax_nn(name, shape, dtype,
     _compare(ours, ref, shape, dtype, mode, reduces)
 
 
-def _cross_entropy_cases():
-    # jaxsoft.losses is reworked by another change; the memory of its cross_entropy is tracked here
-    # and fixed there.
-    return [
-        pytest.param(
-            "forward",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="jaxsoft.losses.cross_entropy (losses.py, reworked separately) holds a "
-                "(batch, n) temporary that optax does not",
-            ),
-        ),
-        pytest.param("value_and_grad"),
-    ]
+# The label path's fixed bookkeeping (the edge-row cond's predicate and per-row operands, each
+# buffer 64-byte aligned): measured 1.2-2.0 KiB more than optax at 2 to 32 rows of 65536 bfloat16,
+# the same at 16384 columns, so it does not grow with the row length.
+CE_CALL_SLACK_BYTES = 2048
 
 
-@pytest.mark.parametrize("mode", _cross_entropy_cases())
-def test_cross_entropy_needs_no_more_temp_memory_than_optax(mode):
+@pytest.mark.parametrize(("shape", "dtype"), CASES)
+@pytest.mark.parametrize("mode", MODES)
+def test_cross_entropy_needs_no_more_temp_memory_than_optax(mode, shape, dtype):
     optax = pytest.importorskip("optax")
     losses = pytest.importorskip("jaxsoft.losses")
-    shape = (256, 2048)
-    x = jax.ShapeDtypeStruct(shape, jnp.float32)
+    x = jax.ShapeDtypeStruct(shape, jnp.dtype(dtype))
     labels = jax.ShapeDtypeStruct(shape[:1], jnp.int32)
     ours = losses.cross_entropy
     ref = optax.losses.softmax_cross_entropy_with_integer_labels
@@ -122,4 +112,5 @@ def test_cross_entropy_needs_no_more_temp_memory_than_optax(mode):
             return jax.value_and_grad(lambda x, y: jnp.mean(f(x, y)))
 
         got, want = _temp_bytes(vag(ours), x, labels), _temp_bytes(vag(ref), x, labels)
-    assert got <= want + ROW_SLACK_BYTES * shape[0], f"{got} temp bytes, optax needs {want}"
+    allowed = want + ROW_SLACK_BYTES * shape[0] + CE_CALL_SLACK_BYTES
+    assert got <= allowed, f"{got} temp bytes, optax needs {want}"
