@@ -300,8 +300,8 @@ def sharded_sample(
       >>> from jax.sharding import PartitionSpec as P
       >>> from jaxsoft.sampling import sample, sharded_sample
       >>> mesh = jax.sharding.Mesh(jax.devices()[:1], ("v",))
-      >>> f = jax.shard_map(partial(sharded_sample, axis_name="v", top_k=2),
-      ...                   mesh=mesh, in_specs=(P(), P(None, "v")), out_specs=P())
+      >>> f = jax.jit(jax.shard_map(partial(sharded_sample, axis_name="v", top_k=2),
+      ...                           mesh=mesh, in_specs=(P(), P(None, "v")), out_specs=P()))
       >>> x = jnp.array([[0.0, 3.0, 1.0, 3.0]])
       >>> bool((f(jax.random.key(1), x) == sample(jax.random.key(1), x, top_k=2)).all())
       True

@@ -53,10 +53,10 @@ def sharded_linear_log_probs(
       >>> mesh = Mesh(np.array(jax.devices()[:1]), ("vocab",))  # as many devices as divide V
       >>> h = jnp.array([[1.0, 0.0], [0.5, -1.0]])
       >>> W = jnp.array([[2.0, 0.0, -1.0, 0.0], [0.0, 1.0, 1.0, 0.0]])
-      >>> f = jax.shard_map(
+      >>> f = jax.jit(jax.shard_map(
       ...     lambda h, W, y: sharded_linear_log_probs(h, W, y, "vocab"),
       ...     mesh=mesh, in_specs=(P(), P(None, "vocab"), P()), out_specs=P(),
-      ... )
+      ... ))
       >>> f(h, W, jnp.array([0, 2])).tolist()  # doctest: +NUMBER
       [-0.27798, -2.96077]
     """
