@@ -85,6 +85,11 @@ def settle(loss, zero_row, in_range, dead):
     return loss, zero_row & ~nan_row, nan_row
 
 
+def mean_z(hm, t):
+    """The mean ``z`` of a row, ``2 hm / t``, from ``hm``: the mean of ``x_j / 2 - c / 2``."""
+    return hm * 2 if t is None else hm / (rs.safe_t(t) * 0.5)
+
+
 def row_scale(g, zero_row, nan_row, t, dtype):
     """``g / t`` on rows with a gradient, 0 on the others, NaN on out-of-range labels."""
     scale = g.astype(dtype)
@@ -168,20 +173,16 @@ def ce_finish(cs: CEStats, t, smoothing: float, n_classes: int):
     ``t``: ``None``, a scalar or ``(N, 1)``; ``n_classes``: the classes that count.
     """
     st = cs.st
-    m = st.m[:, 0]
     hard = rs.hard(st.m, t)[:, 0]
-    t = row_t(t)
-    ts = None if t is None else rs.safe_t(t)
-    log_norm = rs.log_norm(st, t)[:, 0]
-    xy = cs.xy[:, 0]
     # a = (x_y - m) / t <= 0: the label's log-weight against the max; -inf when p_y = 0.
-    a = jnp.where(hard, jnp.where(xy == m, 0, NEG_INF), rs.zdiff(xy, rs.finite_or_zero(m), ts))
-    a = jnp.where(xy == NEG_INF, NEG_INF, a)
+    a = rs.log_weight(cs.xy, st, t)[:, 0]
+    t = row_t(t)
+    log_norm = rs.log_norm(st)[:, 0]
     mz = all_at_max = None
     if smoothing:
         assert cs.hm is not None
         hm = cs.hm[:, 0]
-        mz = hm * 2 if ts is None else hm / (ts * 0.5)
+        mz = mean_z(hm, t)
         all_at_max = st.k[:, 0] == n_classes
     return finish(log_norm, a, hard, t, smoothing, mz, all_at_max)
 
@@ -212,11 +213,6 @@ def ce_dt(g, zero_row, nan_row, pz, qz, t):
 # The language-model head terms on merged statistics (SPEC 8.2, 8.3), for the fused and sharded
 # losses: z-loss and the returned log-sum-exp, forward and backward.
 # --------------------------------------------------------------------------------------------------
-
-
-def _nonzero(t):
-    """``t`` with 0 replaced by 1 (:func:`jaxsoft._rowstats.safe_t` for a ``t`` known not None)."""
-    return jnp.where(t == 0, 1, t)
 
 
 class LMRes(NamedTuple):
@@ -250,10 +246,10 @@ def lm_finish(cs: CEStats, t, smoothing: float, n_incl, labels, n_classes, dead,
             ok = ok & ~dead
         log_z = jnp.where(ok, lse, 0)
         if tr is not None:
-            log_z = log_z / _nonzero(tr)
+            log_z = log_z / rs.safe_t(tr)
         edge = jnp.where(jnp.isnan(lse) | jnp.isnan(loss), jnp.nan, jnp.inf)
         if tr is not None:
-            log_k = rs.log_norm(cs.st, t)[:, 0]  # log k on hard rows
+            log_k = rs.log_norm(cs.st)[:, 0]  # log k on hard rows
             edge = jnp.where((tr == 0) & (lse == 0), z_loss * jnp.square(log_k), edge)
         term = jnp.where(ok, z_loss * jnp.square(log_z), edge)
         if dead is not None:
@@ -275,7 +271,7 @@ def lm_coeffs(g, g_lse, res: LMRes, t, z_loss: float, dtype):
     if z_loss:
         assert res.log_z is not None and res.z_live is not None
         zc = jnp.where(res.z_live, 2 * z_loss * res.log_z * g.astype(dtype), 0)
-        cp = cp + (zc if tr is None else zc / _nonzero(tr))
+        cp = cp + (zc if tr is None else zc / rs.safe_t(tr))
         active = active | res.z_live
     return cp, cq, active, zc
 
@@ -301,10 +297,10 @@ def lm_dt(g, g_lse, res: LMRes, pz, st: rs.RowStats, t, zc, per_row: bool):
     ``d CE/dt = -<p - q, z> / t``, ``d lse/dt = H = log_norm - <p, z>``, ``d z-term/dt =
     2 z_loss log Z (H - log Z) / t``.
     """
-    ts = _nonzero(row_t(t))
+    ts = rs.safe_t(row_t(t))
     dt = -(pz - res.qz) / ts * g.astype(pz.dtype)
     dt = jnp.where(res.nan_row, jnp.nan, jnp.where(res.zero_row, 0, dt))
-    entropy = jnp.where(st.m[:, 0] == NEG_INF, 0, rs.log_norm(st, t)[:, 0] - pz)
+    entropy = rs.entropy(st, pz[:, None])[:, 0]
     dt = dt + jnp.where(g_lse != 0, g_lse * entropy, 0)
     if zc is not None:
         assert res.z_live is not None and res.log_z is not None

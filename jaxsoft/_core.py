@@ -42,6 +42,7 @@ import jax.numpy as jnp
 
 from jaxsoft import _reference, _tuned_cpu
 from jaxsoft._rowstats import is_zero as _is_zero
+from jaxsoft._rowstats import safe_t
 
 _NEG_INF = -jnp.inf
 
@@ -212,7 +213,7 @@ def _core_tangents(x, t, mask, out, dx, dt):
     if t is None:
         h = g - dlse
     else:
-        t_safe = jnp.where(t == 0, 1, t)
+        t_safe = safe_t(t)
         # <p, g> is dlse / t: no second sum, and no 0 * inf where log p * dt / t overflows.
         h = jnp.where(t == 0, 0, g / t_safe - dlse / t_safe)
     # p's tangent does not need log p (p = 0 wherever log p = -inf), so softargmax's gradient

@@ -94,23 +94,21 @@ def _general_rows(x, y, t, mask, materialize=False):
     if mask is None:
         m = jnp.max(x, axis=-1, keepdims=True)
     else:
+        # Not rs.block's -inf fill: masked entries must be able to take the (finite) max below.
         m = jnp.max(jnp.where(mask, x, jnp.finfo(x.dtype).min), axis=-1, keepdims=True)
         # Masked entries take the row max, so nothing below overflows on them.
         x = jnp.where(mask, x, m)
     m_fin = rs.finite_or_zero(m)
-    hard = m == jnp.inf
-    if t is not None:
-        # An all -inf row stays empty and a NaN row stays NaN at t = 0 too: both take the soft path.
-        hard = hard | ((t == 0) & jnp.isfinite(m))
+    # An all -inf row stays empty and a NaN row stays NaN at t = 0 too: both take the soft path.
+    hard = rs.hard(m, t) & (m > NEG_INF)
     hard_row = hard[..., 0]
     ts = rs.safe_t(t)
     x_y = take(x)
-    keep_y = ~hard_row | (x_y == m[..., 0])
-    if mask is not None:
-        keep_y = keep_y & take(mask)
     # From the gathered logit, not from z: gathering z would make XLA materialise all of it.
     a = rs.zdiff(x_y, m_fin[..., 0], None if ts is None else ts[..., 0])
-    a = jnp.where(keep_y, jnp.where(hard_row, 0, a), NEG_INF)
+    a = rs.hard_limit(x_y, m[..., 0], hard_row, a)
+    if mask is not None:
+        a = jnp.where(take(mask), a, NEG_INF)
     if materialize:
         # Hard rows: 1 on the entries at the max, 0 elsewhere, by selects in the one array; the
         # selects are only paid for when there is a hard row or a mask.
@@ -132,7 +130,7 @@ def _general_rows(x, y, t, mask, materialize=False):
     else:
         e = None
         # Hard rows weigh the entries at the max 1, the others 0; the label is left out.
-        z = jnp.where(hard, jnp.where(x == m, 0, NEG_INF), rs.zdiff(x, m_fin, ts))
+        z = rs.hard_limit(x, m, hard, rs.zdiff(x, m_fin, ts))
         iota = jax.lax.broadcasted_iota(jnp.int32, x.shape, x.ndim - 1)
         others = iota != y[..., None]
         if mask is not None:
@@ -258,7 +256,7 @@ def _label_stats(x, labels, t, mask, valid, smoothing, for_jvp=False) -> _LabelS
         # mean_j z_j from halves divided by the count first: no sum of huge logits overflows.
         xs = x if mask is None else jnp.where(mask, x, rows.c)
         hm = jnp.sum((xs * 0.5 - rows.c * 0.5) * (1 / count), axis=-1)
-        mz = hm * 2 if t_row is None else hm / (jnp.where(t_row == 0, 1, t_row) * 0.5)
+        mz = _ce.mean_z(hm, t_row)
         all_at_max = rows.norm[..., 0] == count[..., 0]
     hard = rows.hard[..., 0]
     loss, zero_row, _ = _ce.finish(rows.log_norm, rows.a, hard, t_row, smoothing, mz, all_at_max)
@@ -427,6 +425,7 @@ def z_term(x, t, mask, lse, loss, dead, z_loss: float):
     edge = jnp.where(jnp.isnan(lse) | jnp.isnan(loss), jnp.nan, jnp.inf)
     if t_row is not None:
         # t = 0, max 0: log Z -> log k, k the number of maxima (the row's other entries vanish).
+        # Counted here (not rs.log_norm): the core's lse comes without a count of maxima.
         at_max = x == lse[..., None]
         if mask is not None:
             at_max = at_max & mask

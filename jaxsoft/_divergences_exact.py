@@ -14,6 +14,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from jaxsoft import _rowstats as rs
 from jaxsoft._core import core as _core
 from jaxsoft._rowstats import is_zero
 
@@ -25,7 +26,7 @@ def _rowsum(a: jax.Array, mask: jax.Array | None = None) -> jax.Array:
 
 
 def _over_t(a: jax.Array, t: jax.Array | None) -> jax.Array:
-    return a if t is None else a / jnp.where(t == 0, 1, t)
+    return a if t is None else a / rs.safe_t(t)
 
 
 def _hard_rows(lse: jax.Array, t: jax.Array | None) -> jax.Array:

@@ -26,6 +26,8 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from jaxsoft import _rowstats as rs
+
 _NEG_INF = -jnp.inf
 
 
@@ -54,11 +56,6 @@ def widen(x: jax.Array) -> jax.Array:
 def _mask_x(x: jax.Array, mask: jax.Array | None) -> jax.Array:
     x = widen(x)
     return x if mask is None else jnp.where(mask, x, _NEG_INF)
-
-
-def _safe_t(t: jax.Array | None) -> jax.Array | None:
-    # t = 0 rows are irregular (the exact path takes them); 1 keeps x / 0 out of the arithmetic.
-    return None if t is None else jnp.where(t == 0, 1, t)
 
 
 def _gap(x: jax.Array, c: jax.Array, t: jax.Array | None) -> jax.Array:
@@ -105,7 +102,7 @@ def entropy_stats(x: jax.Array, t: jax.Array | None, mask: jax.Array | None) -> 
     Where ``T >= 2``, ``Y = W / T`` and ``H = log T + Y``. One max and two dependent sums.
     """
     x0 = _mask_x(x, mask)
-    ts = _safe_t(t)
+    ts = rs.safe_t(t)  # t = 0 rows take the exact path
     m = jnp.max(x0, axis=-1, keepdims=True)
     total = _sum(jnp.exp(_gap(x0, m, ts)))
     # alpha = 1 where total < 2, else 0, in arithmetic: a compare here would split the loop.
@@ -132,7 +129,7 @@ def entropy_value(x: jax.Array, t: jax.Array | None, mask: jax.Array | None):
     maxima and empty rows make ``H`` NaN (so ``bad``) without a separate flag.
     """
     x = _mask_x(x, mask)
-    ts = _safe_t(t)
+    ts = rs.safe_t(t)  # t = 0 rows take the exact path
     m = jnp.max(x, axis=-1, keepdims=True)
     z = _gap(x, m, ts)
     total = _sum(jnp.exp(z))
@@ -165,7 +162,7 @@ def entropy_forward(x: jax.Array, t: jax.Array | None, mask: jax.Array | None):
 def entropy_cx(x: jax.Array, t: jax.Array | None, mask: jax.Array | None, st: EntropyStats):
     """``-p (log p + H) / t``, ``p = e^z / T``, ``log p = z - log T``: one elementwise pass."""
     x = _mask_x(x, mask)
-    ts = _safe_t(t)
+    ts = rs.safe_t(t)  # t = 0 rows take the exact path
     z = _gap(x, st.m, ts)
     c = jnp.exp(z) * (_neg(z) + (st.log_total - st.h)) / st.total
     return c if ts is None else c / ts
@@ -245,7 +242,7 @@ def kl_stats(x: jax.Array, y: jax.Array, t: jax.Array | None, mask: jax.Array | 
     regular (an infinite ``delta`` included), are flagged for the exact path.
     """
     xm = _mask_x(x, mask)
-    ts = _safe_t(t)
+    ts = rs.safe_t(t)  # t = 0 rows take the exact path
     m = jnp.max(xm, axis=-1, keepdims=True)
     total = _sum(jnp.exp(_gap(xm, m, ts)))
     xm, delta = _delta(x, y, mask, 0)
@@ -271,7 +268,7 @@ def kl_stats(x: jax.Array, y: jax.Array, t: jax.Array | None, mask: jax.Array | 
 def kl_cx_cy(x, y, t, mask, st: KLStats, with_x: bool, with_y: bool):
     """``cx = (p - q) / t = -p expm1(r) / t`` and ``cy = q (r - KL) / t``, ``r = d - log1p(a)``."""
     xm, delta = _delta(x, y, mask, 3)
-    ts = _safe_t(t)
+    ts = rs.safe_t(t)  # t = 0 rows take the exact path
     z = _gap(xm, st.m, ts)
     r = _gap(delta, st.mu, ts) - st.log1p_a
     # As in _kl_terms: q = e^(z + r) / T where |r| > 1 (p may underflow there), and

@@ -37,14 +37,6 @@ def _pair(student, teacher, mask, c, i, dtype, cfg):
     return cx, cy
 
 
-def _log_probs(x, st: rs.RowStats, t):
-    hard = rs.hard(st.m, t)
-    soft = rs.zdiff(x, rs.finite_or_zero(st.m), rs.safe_t(t)) - rs.log_norm(st, t)
-    hard_v = jnp.where(x == st.m, -jnp.log(jnp.maximum(st.k, 1)), NEG_INF)
-    out = jnp.where(hard, hard_v, jnp.where(x == NEG_INF, NEG_INF, soft))
-    return jnp.where(rs.nan_row(st), jnp.nan, out)
-
-
 def _fast(student, teacher, t, mask, c, dtype, cfg, axis_name):
     def body(carry, i):
         cx, cy = _pair(student, teacher, mask, c, i, dtype, cfg)
@@ -79,7 +71,7 @@ def _exact_kl(student, teacher, t, mask, c, dtype, cfg, axis_name):
 
     def body(acc, i):
         cx, cy = _pair(student, teacher, mask, c, i, dtype, cfg)
-        lp, lq = _log_probs(cx.x, st_x, t), _log_probs(cy.x, st_y, t)
+        lp, lq = rs.log_probs(cx.x, st_x, t), rs.log_probs(cy.x, st_y, t)
         q = rs.probs(cy.x, st_y, t)
         term = jnp.where(q == 0, 0, jnp.where(lp == NEG_INF, jnp.inf, q * (lq - lp)))
         term = jnp.where(jnp.isnan(q), jnp.nan, term)
@@ -201,13 +193,13 @@ def _bwd(cfg, axis_name, res, g):
 
         def exact_grads(x, y, _):
             p, q = rs.probs(x, st_x, t), rs.probs(y, st_y, t)
-            lp, lq = _log_probs(x, st_x, t), _log_probs(y, st_y, t)
+            lp, lq = rs.log_probs(x, st_x, t), rs.log_probs(y, st_y, t)
             gx = p - q
             gy = jnp.where(q == 0, 0, q * (lq - lp - kl_v))
             tz = hc.weighted_z_sum(gx, x, st_x.m, t) + hc.weighted_z_sum(gy, y, st_y.m, t)
             return gx, gy, tz
 
-        dead = jnp.isinf(kl_v) | (st_y.m == NEG_INF) | rs.hard(st_x.m, t) | rs.hard(st_y.m, t)
+        dead = jnp.isinf(kl_v) | rs.empty_row(st_y) | rs.hard(st_x.m, t) | rs.hard(st_y.m, t)
         return grads(dead, exact_grads)
 
     gs, gt, tz = lax.cond(any_bad, exact, fast)

@@ -105,26 +105,20 @@ def _fwd(h, W, bias, t, mask, labels, cfg, axis_name):
     if axis_name is not None:
         carry = _all_reduce(carry, axis_name, t)
     st, xy, w = carry
-    hard = rs.hard(st.m, t)
-    empty = (st.m == NEG_INF) & ~jnp.isnan(st.s)
-    log_z = rs.log_norm(st, t)
-    ent = jnp.where(hard, log_z, log_z + w / (st.k + st.s))
-    ent = jnp.where(empty, 0, ent)
-    a = jnp.where(
-        hard, jnp.where(xy == st.m, 0, NEG_INF), rs.zdiff(xy, rs.finite_or_zero(st.m), rs.safe_t(t))
-    )
-    a = jnp.where(xy == NEG_INF, NEG_INF, a)
-    lp = jnp.where(a == NEG_INF, NEG_INF, a - log_z)
+    log_z = rs.log_norm(st)
+    ent = jnp.where(rs.hard(st.m, t), log_z, log_z + w / (st.k + st.s))
+    ent = jnp.where(rs.empty_row(st), 0, ent)
+    lp = rs.log_probs(xy, st, t)
     n_classes = _n_classes(n_local, axis_name)
     nan = rs.nan_row(st) | ~((labels >= 0) & (labels < n_classes))[:, None]
     lp = jnp.where(nan, jnp.nan, lp)
     ent = jnp.where(rs.nan_row(st), jnp.nan, ent)
     out = (lp[:, 0], ent[:, 0])
-    return out, (h, W, bias, t, mask, labels, st, log_z, out)
+    return out, (h, W, bias, t, mask, labels, st, out)
 
 
 def _bwd(cfg, axis_name, res, g):
-    h, W, bias, t, mask, labels, st, log_z, (lp, ent) = res
+    h, W, bias, t, mask, labels, st, (lp, ent) = res
     g_lp, g_ent = g
     dtype = hc.stats_dtype(h, W)
     n_local = hc.vocab(W, cfg)
@@ -140,7 +134,7 @@ def _bwd(cfg, axis_name, res, g):
     inv_t = 1 if ts is None else 1 / ts[:, 0]
     # Rows without a gradient (hard, p_y = 0, empty) get 0 in a select, never through a product.
     s_lp = jnp.where(hard | (lp == NEG_INF), 0, g_lp.astype(dtype) * inv_t)
-    s_ent = jnp.where(hard | (st.m[:, 0] == NEG_INF), 0, g_ent.astype(dtype) * inv_t)
+    s_ent = jnp.where(hard | rs.empty_row(st)[:, 0], 0, g_ent.astype(dtype) * inv_t)
     s_lp = jnp.where(nan, jnp.nan, s_lp)
     s_ent = jnp.where(nan, jnp.nan, s_ent)
     dead = (s_lp == 0) & (s_ent == 0)
@@ -152,7 +146,7 @@ def _bwd(cfg, axis_name, res, g):
         chunk = hc.logits(h, W, bias, mask, c, i, dtype, cfg)
         x = chunk.x
         p = rs.probs(x, st, t)
-        lpj = rs.zdiff(x, rs.finite_or_zero(st.m), ts) - log_z
+        lpj = rs.log_probs(x, st, t)
         onehot = (chunk.cols == y[:, None]) & chunk.fresh
         gx = s_lp[:, None] * (onehot - p)
         gx = gx - s_ent[:, None] * jnp.where(p != 0, p * (lpj + ent_c), 0)

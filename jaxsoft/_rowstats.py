@@ -51,7 +51,7 @@ Examples:
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import NamedTuple, overload
 
 import jax
 import jax.numpy as jnp
@@ -66,6 +66,10 @@ def is_zero(tangent) -> bool:
     return tangent is None or isinstance(tangent, SymbolicZero)
 
 
+@overload
+def safe_t(t: None) -> None: ...
+@overload
+def safe_t(t: jax.Array) -> jax.Array: ...
 def safe_t(t):
     """``t`` with 0 replaced by 1: hard rows never use the quotient, but it must stay finite."""
     return None if t is None else jnp.where(t == 0, 1, t)
@@ -152,15 +156,14 @@ def all_reduce(st: RowStats, axis_name, t, *extra):
     return (RowStats(m, k, s), *extra)
 
 
-def log_norm(st: RowStats, t=None) -> jax.Array:
+def log_norm(st: RowStats) -> jax.Array:
     """``log sum_j exp((x_j - m) / t) = log(k + s)``, as ``log1p(s + (k - 1))`` (SPEC 2.5).
 
     One formula for every row: ``log1p(s)`` with a single maximum (the small ``s`` survives);
     ``k - 1`` is an exact small integer with ties; ``log1p(k - 1) = log k`` on hard rows
-    (``s = 0``); ``log1p(-1) = -inf`` on an empty row; NaN on a NaN row. ``t`` is not needed
-    (hard rows are told by ``s = 0``) and is accepted for callers that pass it.
+    (``s = 0``); ``log1p(-1) = -inf`` on an empty row; NaN on a NaN row. No ``t`` is needed:
+    hard rows are told by ``s = 0``.
     """
-    del t
     return jnp.log1p(st.s + (st.k - 1))
 
 
@@ -192,7 +195,13 @@ def log_weight(x: jax.Array, st: RowStats, t) -> jax.Array:
     soft = zdiff(x, finite_or_zero(st.m), safe_t(t))
     # Per row: an empty row's "maxima" are its -inf entries, which take no part.
     at_max = jnp.where(st.k > 0, 0, NEG_INF)
-    return jnp.where(hard(st.m, t), jnp.where(x == st.m, at_max, NEG_INF), soft)
+    return hard_limit(x, st.m, hard(st.m, t), soft, at_max)
+
+
+def hard_limit(x, m, hard_rows, soft, at_max: jax.Array | float = 0):
+    """``soft`` on soft rows; on ``hard_rows`` the limit of ``z``: ``at_max`` where ``x = m``, else
+    ``-inf``. For code that keeps no :class:`RowStats` (``at_max = 0``: no empty row is hard)."""
+    return jnp.where(hard_rows, jnp.where(x == m, at_max, NEG_INF), soft)
 
 
 def probs(x: jax.Array, st: RowStats, t) -> jax.Array:

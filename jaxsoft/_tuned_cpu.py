@@ -4,29 +4,40 @@ Measured with jax/jaxlib 0.10.2 (XLA:CPU with YNNPACK fusions) on a 2-core AMD E
 profiles are in bench/README.md. What it builds on:
 
 * XLA:CPU runs a row reduction and its elementwise producers as one vectorised YNNPACK loop only
-  when every op is plain float arithmetic (add, sub, mul, div, min, max, exp, log, log1p, ...).
-  A compare or a select (``jnp.where``) on a full-size value, or a clamp (which XLA makes of
-  ``min(1, max(0, .))`` with constant bounds), turns the producer into an XLA loop fusion that
-  writes the whole ``(batch, n)`` intermediate to memory first. ``jax.nn.softmax`` is a single
-  such fusion with no temporary memory. So every full-size op here is arithmetic; selects act on
-  per-row values only (or on the mask, which needs one).
-* XLA:CPU flushes subnormals to zero, which the indicators below rely on.
+  when every op is plain float arithmetic (add, sub, mul, div, min, max, exp, log, log1p, floor,
+  ...). A compare or a select (``jnp.where``), or a clamp (which XLA makes of ``min(1, max(0, .))``
+  with constant bounds), becomes an XLA loop fusion of its own. On a full-size value that writes
+  the whole ``(batch, n)`` intermediate to memory first; on a per-row value it splits the max out
+  of the loop, so ``x`` is read again, and a bfloat16 ``x`` (converted to float32 by the caller,
+  SPEC 7) has its float32 copy written to memory because two fusions read it. ``jax.nn.softmax``
+  is a single such loop with no temporary memory. So every op here, per-row ones included, is
+  arithmetic; selects act on the mask only, and in the ``t = 0`` branch.
+* A :func:`jax.lax.cond` whose operand is the float32 copy of a bfloat16 ``x``, or whose result is
+  a full-size float32 array that is then converted to bfloat16, costs that copy too (the previous
+  kernel's ``+inf`` check: bfloat16 ``softargmax`` 7-8x ``jax.nn``'s time). ``+inf`` rows are
+  therefore exact in the arithmetic itself (:func:`capped_gap`); only ``t = 0`` needs a ``cond``,
+  decided on ``t`` alone.
+* XLA:CPU flushes subnormals to zero, which the indicators below rely on; its ``min`` and ``max``
+  return the second operand when one is NaN, so NaN-carrying values go second.
 
-Structure: :func:`_row_stats` computes the per-row statistics (max, normaliser, ``log1p`` form) with
-plain arithmetic that is exact on every regular row (finite entries, ``-inf`` entries, all ``-inf``
-rows, NaN rows, any ``t > 0``). Hard rows (a ``+inf`` entry, or ``t = 0``) are the only ones it gets
-wrong; a batch holding one takes :func:`_hard_stats` instead (one :func:`jax.lax.cond` on per-row
-values). Both give per-row parameters of one elementwise formula (:func:`_outputs`), which yields
-the soft and the hard results alike. Nothing full-size crosses the ``cond``, so XLA can drop the
-outputs nobody uses and recompute ``p`` in the backward pass rather than store it.
+Structure: :func:`_soft_stats` computes every row's statistics (max, normaliser, the ``log1p``
+form's mass off the maxima and count of maxima) in plain arithmetic, exact on every row but
+``t = 0`` ones; without ``t`` there is no branch at all. With a ``t`` holding a zero, the batch
+takes :func:`_hard_stats` instead (one ``cond`` on per-row values). Both give per-row parameters
+(:class:`RowStats`) of one elementwise formula (:func:`_outputs`), which yields the soft and the
+hard results alike; XLA drops the outputs nobody uses and recomputes ``p`` in the backward pass
+rather than store it.
 """
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+
+from jaxsoft import _rowstats
 
 _NEG_INF = -jnp.inf
 
@@ -47,26 +58,6 @@ def big_power(dtype, down: int = 0) -> float:
     return 2.0 ** (jnp.finfo(dtype).maxexp - 1 - down)
 
 
-def not_max(d: jax.Array) -> jax.Array:
-    """An arithmetic indicator of the non-maximal entries: 0 where ``d = x - max = 0``, else 1.
-
-    ``min(1, d * -2^127)`` (float32; :func:`big_power` in general): any ``d <= -2^-126`` (every
-    non-zero gap: XLA:CPU flushes subnormal ones to 0) scales to at least 2, and ``-inf`` to ``+inf``, both clamped to 1. A multiply and a
-    min keep the sum of ``exp(z) * not_max(d)`` inside the YNNPACK fusion, where
-    ``jnp.where(x == m, 0, exp(z))`` would write a ``(batch, n)`` temporary first (jax 0.10.2).
-    """
-    return jnp.minimum(1, d * -big_power(d.dtype))
-
-
-def is_max(d: jax.Array, one: jax.Array | float, zero: jax.Array | float) -> jax.Array:
-    """An arithmetic indicator of the maxima: 1 where ``d = x - max = 0``, else 0.
-
-    ``max(0, 1 + d * 2^126)`` (float32): the complement of :func:`not_max`, for the count of maxima.
-    ``one`` and ``zero`` are per-row arrays of 1 and 0 (:func:`row_constants`).
-    """
-    return jnp.maximum(zero, one + d * big_power(d.dtype, 1))
-
-
 def row_constants(m: jax.Array, *values: float) -> tuple[jax.Array, ...]:
     """Per-row arrays holding ``values``, computed from ``m`` so that XLA cannot fold or merge them.
 
@@ -80,16 +71,6 @@ def row_constants(m: jax.Array, *values: float) -> tuple[jax.Array, ...]:
     return tuple(one * v for v in values)
 
 
-def log_norm(s: jax.Array, count: jax.Array) -> jax.Array:
-    """``log sum exp(z) = log1p(s + (count - 1))`` from the non-maximal mass and the count of maxima.
-
-    With a single maximum this is ``log1p(s)``, accurate when ``s`` is tiny (SPEC 2.5, 3.2); with
-    ties ``count - 1`` is an exact small integer. On an empty row (``s = count = 0``) it is
-    ``log1p(-1) = -inf``, which makes ``lse = shift + t * (-inf) = -inf`` without a select.
-    """
-    return jnp.log1p(s + (count - 1))
-
-
 def halved(x: jax.Array, c: jax.Array, t: jax.Array | None) -> jax.Array:
     """``z = (x - c) / t``, as ``(x/2 - c/2) / (t/2)`` when ``t`` is given (no overflow, same
     rounding: see :func:`jaxsoft._reference.scaled_gap`)."""
@@ -98,78 +79,225 @@ def halved(x: jax.Array, c: jax.Array, t: jax.Array | None) -> jax.Array:
     return (x * 0.5 - c * 0.5) / (t * 0.5)
 
 
+def finite_max_rows(m: jax.Array, one: jax.Array) -> jax.Array:
+    """Per-row ``exp(min(0, finfo.max - m))``: 1 where the row max is below ``+inf``, else 0.
+
+    ``finfo.max - m`` is ``>= 0`` for every finite max (and ``+inf`` for an empty row's ``-inf``),
+    so the ``min`` is 0 and its ``exp`` exactly 1; only ``m = +inf`` gives ``exp(-inf) = 0``; NaN
+    stays NaN. A per-row compare or select would be a separate XLA loop fusion, which splits the max
+    out of the single YNNPACK fusion and, for bfloat16 inputs, makes XLA write the float32 copy of
+    ``x`` to memory (jax 0.10.2); this is plain arithmetic, so the whole row stays one fusion.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> m = jnp.array([[2.0], [jnp.inf], [-jnp.inf]])
+      >>> finite_max_rows(m, jnp.ones_like(m)).ravel()
+      Array([1., 0., 1.], dtype=float32)
+    """
+    return jnp.exp(jnp.minimum(0 * one, jnp.finfo(m.dtype).max * one - m))
+
+
+def clamp_max(m: jax.Array, one: jax.Array) -> jax.Array:
+    """The row max clamped to ``[-finfo.max, finfo.max]``, with per-row bounds.
+
+    The shift of a row: ``m`` itself on every row with finite entries; ``-finfo.max`` on an empty
+    row (so that ``-inf - (-finfo.max) = -inf`` rather than ``-inf - (-inf) = NaN``, no select
+    needed); ``finfo.max`` on a ``+inf`` row (see :func:`capped_gap`). The bounds are per-row
+    data (``one``, a data-derived 1: :func:`distinct_ones`): with constant bounds XLA makes the
+    min/max pair a ``clamp``, which YNNPACK does not fuse (jax 0.10.2).
+    """
+    big = jnp.finfo(m.dtype).max
+    return jnp.minimum(jnp.maximum(m, -big * one), big * one)
+
+
+def capped_gap(
+    x: jax.Array, h: jax.Array | float, b: jax.Array, c: jax.Array, tau: jax.Array | None = None
+) -> jax.Array:
+    """``z = (min(x * h, b) - c) / tau``, ``b = finfo.max``: the scaled gap to the max, exact on
+    ``+inf`` rows too.
+
+    Soft rows take ``h = 1, c = max`` (with ``t``: ``h = 1/2, c = max/2, tau = t/2``, the halving of
+    :func:`jaxsoft._reference.scaled_gap`), so the cap is a no-op and ``z = (x - max) / t``. A
+    ``+inf`` row takes ``h = 1/2, c = finfo.max``: its ``+inf`` entries are capped to ``finfo.max``
+    and get ``z = 0``, every finite one (``finfo.max`` itself included) ``z <= -finfo.max / 2``,
+    whose ``exp`` is 0. So ``+inf`` rows need no separate exact path (and no ``lax.cond``, whose
+    operand would make XLA write the float32 copy of a bfloat16 ``x`` to memory, jax 0.10.2), at
+    the price of a multiply and a min per entry. NaN entries must stay NaN: XLA:CPU's min returns
+    its *second* operand when one of them is NaN (x86 ``minps``; ``min(x, b)`` gave ``b`` for a
+    NaN ``x`` at some shapes, jax 0.10.2), so ``x`` goes second. The cap ``b`` is a per-row array
+    (``finfo.max`` times a data-derived 1): as a broadcast constant, XLA wrote it to memory as a
+    full-size array when the forward and the backward fusions both used it (jax 0.10.2).
+
+    Examples:
+      A ``+inf`` row's parameters: ``exp(z)`` is 1 on the ``+inf`` entries only.
+
+      >>> import jax.numpy as jnp
+      >>> x = jnp.array([[jnp.inf, 3e38, 1.0, jnp.inf]])
+      >>> b = jnp.full((1, 1), jnp.finfo(jnp.float32).max)
+      >>> jnp.exp(capped_gap(x, 0.5, b, b))
+      Array([[1., 0., 0., 1.]], dtype=float32)
+    """
+    z = jnp.minimum(b, x * h) - c  # in this order: see above
+    return z if tau is None else z / tau
+
+
 class RowStats(NamedTuple):
     """Per-row values from which :func:`_outputs` writes every output in one elementwise pass.
 
-    ``z = ((min(x * h, b) - c) / tau) * k * k``, ``p = exp(z) / den``, ``log p = z - log_den``. On a
-    soft row ``(h, b, c, tau, k) = (1, inf, max, 1, 1)`` (with ``t``: ``(1/2, inf, max/2, t/2, 1)``)
-    makes ``z`` the usual ``(x - max) / t``; hard rows use other values (:func:`_hard_stats`).
+    ``z = capped_gap(x, h, b, c, tau)`` (``b = finfo.max``), ``p = exp(z') / den``,
+    ``log p = z' - log_den``. Without ``t`` (``tau`` is None): ``z' = z`` for ``p`` and ``z * k``
+    for ``log p``, with ``k = 2^127`` on ``+inf`` rows (their finite entries' ``z <= -finfo.max/2``
+    becomes ``-inf``) and 1 elsewhere. With ``t``: ``z' = (z * k) * k``, ``k = 1`` on soft rows
+    and ``2^127`` on ``t = 0`` rows (:func:`_hard_stats`); ``+inf`` rows reach ``-inf`` through
+    ``tau = finfo.tiny``.
     """
 
     lse: jax.Array
-    h: jax.Array | None  # None: 1 (no multiply)
-    b: jax.Array | None  # None: +inf (no min)
+    h: jax.Array
+    b: jax.Array
     c: jax.Array
-    tau: jax.Array | None  # None: 1 (no division)
-    k: jax.Array | None  # None: 1 (no multiply)
+    tau: jax.Array | None
+    k: jax.Array | None
     den: jax.Array
     log_den: jax.Array
 
 
-def _soft_sums(x: jax.Array, t: jax.Array | None, m: jax.Array, apart: bool = True):
-    """``(shift, total, s, count)``: three sums of plain arithmetic.
+FUSED_ROWS = 4096
 
-    ``total = sum exp(z)`` (all softargmax needs), ``s`` = the same without the maxima, and the
-    count of maxima. Exact on every row without a ``+inf`` entry or ``t = 0``; NaN entries make
-    ``total`` and ``s`` NaN, which is the right answer for a NaN row.
 
-    ``apart=True`` gives each sum its own copies of the per-row values and constants
-    (:func:`row_constants`): whether XLA fuses the sums into one loop depends on the shape
-    (jax 0.10.2), and where it does not, any full-size term or broadcast constant they share is
-    written to memory first. ``apart=False`` (:func:`core`) lets XLA fuse everything, the output
-    included, into one loop as in ``jax.nn.softmax``.
+def fuses_row_sums(x: jax.Array) -> bool:
+    """Whether XLA:CPU compiles the max, the per-row arithmetic and the row sums into one loop.
+
+    Measured with jax 0.10.2: from 4096 rows on (4097 and 8192 too, rows of 512 to 4096 entries)
+    the whole of :func:`_soft_stats` is one YNNPACK fusion, so its sums can share ``exp(z)``;
+    below (4000 rows, 256, 16) the per-row arithmetic runs as separate XLA loops, the sums land in
+    separate fusions, and a shared full-size term (``exp(z)``, ``floor(exp(z))``) is written to
+    memory first (a ``(batch, n)`` temporary, 4-5x the time of ``logsumexp``). A static choice on
+    the shape: both forms give the same results.
     """
-    ms = shift(m)
-    total = jnp.sum(jnp.exp(halved(x, ms, t)), axis=-1, keepdims=True)
-    if apart:
-        ms2, t2, ms3 = jax.lax.optimization_barrier((ms, t, ms))
-        one, zero = row_constants(m, 1.0, 0.0)
-    else:
-        ms2, t2, ms3 = ms, t, ms
-        one, zero = 1.0, 0.0
-    # The indicators depend on x == m only, not on t.
-    s = jnp.sum(jnp.exp(halved(x, ms2, t2)) * not_max(x - ms2), axis=-1, keepdims=True)
-    count = jnp.sum(is_max(x - ms3, one, zero), axis=-1, keepdims=True)
-    return ms, total, s, count
+    return math.prod(x.shape[:-1]) >= FUSED_ROWS
 
 
-def _soft_stats(x: jax.Array, t: jax.Array | None, m: jax.Array, apart: bool = True) -> RowStats:
-    """Row statistics of the soft rows, in per-row arithmetic (a per-row select between the sums
-    and the output would split the forward pass's single fusion, jax 0.10.2).
+def distinct_ones(m: jax.Array, count: int) -> list[jax.Array]:
+    """``count`` per-row arrays of 1 (NaN on NaN rows), ``sign(|m| + j)``, that XLA cannot merge.
+
+    Each row sum gets its own per-row operands built from its own 1 where the sums are not fused
+    (:func:`fuses_row_sums`): two sums whose terms XLA can prove equal share them, and the shared
+    full-size term is then written to memory (jax 0.10.2).
+    """
+    return [jnp.sign(jnp.abs(m) + j) for j in range(1, count + 1)]
+
+
+def not_max(z: jax.Array) -> jax.Array:
+    """An arithmetic indicator of the non-maximal entries: 0 where ``z = 0``, else 1 (``z <= 0``).
+
+    ``min(1, z * -2^127)`` (float32; :func:`big_power` in general): any ``z <= -2^-126`` (every
+    non-zero gap: XLA:CPU flushes subnormal ones to 0) scales to at least 2, and ``-inf`` to
+    ``+inf``, both clamped to 1; NaN stays NaN (it is the second operand of the min, see
+    :func:`capped_gap`). A multiply and a min keep the sum of ``exp(z) * not_max(z)`` inside the
+    YNNPACK fusion, where ``jnp.where(z == 0, 0, exp(z))`` would write a temporary (jax 0.10.2).
+    """
+    return jnp.minimum(1, z * -big_power(z.dtype))
+
+
+def is_max(z: jax.Array, one: jax.Array, zero: jax.Array) -> jax.Array:
+    """An arithmetic indicator of the maxima: 1 where ``z = 0``, else 0 (``z <= 0``).
+
+    ``max(0, 1 + z * 2^126)`` (float32): the complement of :func:`not_max`, for the count of maxima
+    without an ``exp``. ``one`` and ``zero`` are per-row arrays of 1 and 0 (constant bounds would
+    make XLA merge them with other sums' constants, jax 0.10.2).
+    """
+    return jnp.maximum(zero, one + z * big_power(z.dtype, 1))
+
+
+def _soft_params(m: jax.Array, t: jax.Array | None, one: jax.Array):
+    """``(h, b, c, tau, k)`` of :func:`capped_gap` for every row but ``t = 0`` ones, per row.
+
+    Soft rows: ``(1, finfo.max, max)`` (``t``: ``(1/2, finfo.max, max/2, t/2)``); ``+inf`` rows:
+    ``(1/2, finfo.max, finfo.max)`` and ``k = 2^127`` (``t``: ``tau = finfo.tiny``, which sends the
+    finite entries to ``-inf`` already); empty rows shift by ``-finfo.max``. Arithmetic only
+    (:func:`finite_max_rows`, :func:`clamp_max`), so none of it splits the fusion.
+    """
+    dtype = m.dtype
+    below = finite_max_rows(m, one)
+    c = clamp_max(m, one)
+    b = jnp.finfo(dtype).max * one
+    if t is None:
+        h = 0.5 + 0.5 * below
+        return h, b, c, None, 1 + big_power(dtype) * (1 - below)
+    h = 0.5 * one
+    c = c * (1 - 0.5 * below)  # max/2 on soft rows, finfo.max on +inf rows
+    tau = t * 0.5 * below + jnp.finfo(dtype).tiny * (1 - below)
+    return h, b, c, tau, None
+
+
+def _soft_stats(x: jax.Array, t: jax.Array | None) -> RowStats:
+    """Row statistics of every row but ``t = 0`` ones, in plain arithmetic, max included.
+
+    Exact on rows of finite entries, ``-inf`` entries, all ``-inf`` rows, ``+inf`` rows and NaN
+    rows, for any ``t > 0``, with no select and no ``lax.cond``: every full-size op (the max,
+    :func:`capped_gap`, ``exp``, ``floor``, the sums) and every per-row one is arithmetic, so
+    XLA:CPU keeps ``softargmax``'s max, sum and output in one YNNPACK loop that reads ``x`` once
+    with no temporary, as ``jax.nn.softmax`` (jax 0.10.2), for bfloat16 inputs too.
+
+    Three sums: ``total = sum(exp(z))`` (``softargmax``'s normaliser), and, for the ``log1p`` form
+    of ``logsumexp`` and ``log_softargmax`` (SPEC 2.5, 3.2), ``s``, the mass off the maxima, and
+    ``count``, the number of maxima. XLA computes only the ones that are used. Where XLA fuses them
+    into one loop (:func:`fuses_row_sums`) they share ``e = exp(z)``: ``s = sum(e - floor(e))``,
+    ``count = sum(floor(e))`` (three ops per entry more than ``sum(e)``); elsewhere each computes
+    its own terms (:func:`distinct_ones`), ``count`` without an ``exp`` (:func:`is_max`).
 
     Empty rows (``total = s = count = 0``): ``lse = -finfo.max + t * log1p(-1) = -inf``; ``p``
-    divides ``exp(-inf) = 0`` by ``total + tiny`` (exactly ``total`` on every other row, where
-    ``total >= 1``); ``log p = -inf - log_den`` with ``log_den`` taken at ``count = 1`` there,
-    ``count + 1 - min(1, count)``, which is ``count`` on every other row.
+    divides ``exp(-inf) = 0`` by ``total + tiny``; ``log p = -inf - log_den`` with ``log_den`` taken
+    as 0 there. ``(m, count, s)`` are :class:`jaxsoft._rowstats.RowStats`, finished by
+    :func:`jaxsoft._rowstats.log_norm`, as in the chunked and sharded functions. ``+inf`` rows:
+    ``lse = +inf`` (their shift), ``den`` and ``exp(log_den)`` the count of ``+inf`` entries.
     """
-    ms, total, s, count = _soft_sums(x, t, m, apart)
-    log_total = log_norm(s, count)
+    dtype = x.dtype
+    m = jnp.max(x, axis=-1, keepdims=True)
+    if fuses_row_sums(x):
+        # One loop: the sums share exp(z), and the maxima are where it rounds to 1 (floor(e) = 1,
+        # which includes gaps under 2^-25, whose exp is 1 in float32 anyway); so
+        # s = sum(e - floor(e)) and count = sum(floor(e)) split sum(e) exactly as rounded.
+        one = jnp.sign(jnp.abs(m) + 1)
+        h, b, c, tau, k = _soft_params(m, t, one)
+        e = jnp.exp(capped_gap(x, h, b, c, tau))
+        f = jnp.floor(e)
+        total = jnp.sum(e, axis=-1, keepdims=True)
+        s = jnp.sum(e - f, axis=-1, keepdims=True)
+        count = jnp.sum(f, axis=-1, keepdims=True)
+    else:
+        # Separate loops: each sum computes its terms from x and its own per-row operands; the
+        # count of maxima needs no exp (is_max/not_max agree on which entries are maxima).
+        one, one_s, one_c = distinct_ones(m, 3)
+        h, b, c, tau, k = _soft_params(m, t, one)
+        total = jnp.sum(jnp.exp(capped_gap(x, h, b, c, tau)), axis=-1, keepdims=True)
+        z_s = capped_gap(x, *_soft_params(m, t, one_s)[:4])
+        s = jnp.sum(jnp.exp(z_s) * not_max(z_s), axis=-1, keepdims=True)
+        z_c = capped_gap(x, *_soft_params(m, t, one_c)[:4])
+        count = jnp.sum(is_max(z_c, one_c, 0 * one_c), axis=-1, keepdims=True)
+    # The shared finisher (SPEC 2.5): log1p(s + (count - 1)), plain arithmetic, so it stays in the
+    # loop. Both per-row results below come from this one value: two expressions of s and count
+    # (log_den as log_norm with the count of an empty row raised to 1) cost logsumexp's
+    # value_and_grad a (batch, n) temporary at (4096, 1024) (jax 0.10.2).
+    log_total = _rowstats.log_norm(_rowstats.RowStats(m, count, s))
+    ms = jnp.maximum(m, -jnp.finfo(dtype).max * one)
     lse = ms + (log_total if t is None else t * log_total)
-    den = total + jnp.finfo(x.dtype).tiny
-    log_den = log_norm(s, count + (1 - jnp.minimum(1, count)))
-    if t is None:
-        return RowStats(lse, None, None, ms, None, None, den, log_den)
-    return RowStats(lse, jnp.full_like(ms, 0.5), None, ms * 0.5, t * 0.5, None, den, log_den)
+    den = total + jnp.finfo(dtype).tiny
+    # log_total >= 0 on every row with an entry; 0 instead of -inf on an empty row, so that its
+    # log p is -inf - 0; NaN stays NaN (the second operand of the max: see capped_gap).
+    log_den = jnp.maximum(0 * one, log_total)
+    return RowStats(lse, h, b, c, tau, k, den, log_den)
 
 
 def hard_max(x: jax.Array, m: jax.Array) -> jax.Array:
     """An arithmetic indicator of the maxima of hard rows, finite or ``+inf``: 1 there, else 0.
 
     ``min(1, max(0, (x - c) * a + o))`` with per-row ``(c, a, o)``: ``(max, 2^126, 1)`` on a row
-    with a finite max (as :func:`is_max`), ``(finfo.max, 1, 0)`` on a ``+inf`` row, where
-    ``x - finfo.max`` is ``+inf`` on the ``+inf`` entries and ``<= 0`` on every other one (the usual
-    ``x - m`` would be ``inf - inf = NaN`` there). The bounds are per-row arrays: with constant
-    bounds XLA rewrites the min/max pair into a clamp, which YNNPACK does not fuse (jax 0.10.2).
+    with a finite max, ``(finfo.max, 1, 0)`` on a ``+inf`` row, where ``x - finfo.max`` is ``+inf``
+    on the ``+inf`` entries and ``<= 0`` on every other one (the usual ``x - m`` would be
+    ``inf - inf = NaN`` there). The bounds are per-row arrays: with constant bounds XLA rewrites
+    the min/max pair into a clamp, which YNNPACK does not fuse (jax 0.10.2).
     """
     pos_inf = m == jnp.inf
     c = jnp.where(pos_inf, jnp.finfo(x.dtype).max, shift(m))
@@ -193,24 +321,21 @@ def nan_rows(x: jax.Array) -> jax.Array:
     return jnp.isnan(jnp.sum(jnp.exp(-jnp.abs(x)) * zero, axis=-1, keepdims=True))
 
 
-def _hard_stats(x: jax.Array, t: jax.Array | None, m: jax.Array) -> RowStats:
-    """Row statistics for a batch holding hard rows (``t = 0`` or a ``+inf`` entry).
+def _hard_stats(x: jax.Array, t: jax.Array) -> RowStats:
+    """Row statistics for a batch holding a ``t = 0`` row (inside the :func:`jax.lax.cond`).
 
-    Soft rows as in :func:`_soft_stats`. A hard row's limit is uniform over its ``c`` maxima:
-    ``z = 0`` there and ``-inf`` elsewhere, from ``k = 2^127`` (:func:`big_power`) applied twice
-    to a gap that is ``<= -2^-126`` off the maxima; on a ``+inf`` row the gap is
-    ``min(x/2, finfo.max) - finfo.max``, 0 on the ``+inf`` entries only. Then ``den = c``,
-    ``log_den = log c``, ``lse = max``. The soft sums run on hard rows with stand-ins (shift 0,
-    ``t = 1``) and are not used there.
+    Rows with ``t > 0`` as in :func:`_soft_stats` (recomputed here, so that nothing but ``t``
+    decides the branch and the max stays inside the soft path's single fusion). A ``t = 0`` row's
+    limit is uniform over its ``c`` maxima (its ``+inf`` entries, if any): ``z = 0`` there and
+    ``-inf`` elsewhere, from ``k = 2^127`` (:func:`big_power`) applied twice to a gap that is
+    ``<= -2^-126`` off the maxima; on a ``+inf`` row the gap is ``min(x/2, finfo.max) - finfo.max``,
+    0 on the ``+inf`` entries only. Then ``den = c``, ``log_den = log c``, ``lse = max``.
     """
     dtype = x.dtype
-    big = jnp.finfo(dtype).max
+    m = jnp.max(x, axis=-1, keepdims=True)
     pos_inf = m == jnp.inf
-    hard = pos_inf if t is None else pos_inf | (t == 0)
-    t_soft = None if t is None else jnp.where(hard, 1, t)
-    # Behind a barrier, so that these per-row selects are not fused into full-size producers.
-    m_soft, t_soft = jax.lax.optimization_barrier((jnp.where(pos_inf, 0, m), t_soft))
-    soft = _soft_stats(x, t_soft, m_soft)
+    hard = t == 0
+    soft = _soft_stats(x, jnp.where(hard, 1, t))
     count = jnp.sum(hard_max(x, m), axis=-1, keepdims=True)
     nan = nan_rows(x)
     empty = m == _NEG_INF
@@ -220,14 +345,13 @@ def _hard_stats(x: jax.Array, t: jax.Array | None, m: jax.Array) -> RowStats:
             soft_value = jnp.ones_like(m)
         return jnp.where(hard, jnp.asarray(hard_value, dtype), soft_value)
 
-    one = jnp.ones_like(m)
     return RowStats(
         lse=jnp.where(nan, jnp.nan, jnp.where(hard, m, soft.lse)),
         h=pick(jnp.where(pos_inf, 0.5, 1), soft.h),
-        b=jnp.where(pos_inf, big, jnp.inf),
-        c=pick(jnp.where(pos_inf, big, shift(m)), soft.c),
-        tau=pick(one, soft.tau),
-        k=pick(big_power(dtype), None),
+        b=soft.b,
+        c=pick(jnp.where(pos_inf, jnp.finfo(dtype).max, shift(m)), soft.c),
+        tau=pick(1, soft.tau),
+        k=pick(big_power(dtype), soft.k),
         den=jnp.where(nan, jnp.nan, pick(jnp.where(empty, 1, count), soft.den)),
         log_den=jnp.where(nan, jnp.nan, pick(jnp.where(empty, 0, jnp.log(count)), soft.log_den)),
     )
@@ -237,87 +361,83 @@ def _outputs(x: jax.Array, st: RowStats, mask: jax.Array | None):
     """``(lse, p, log p)`` from the row statistics, in one elementwise pass of plain arithmetic.
 
     XLA computes only the outputs that are used, and in a backward pass recomputes ``p`` from ``x``
-    and these per-row values inside the fusion that needs it, as it does for ``jax.nn``.
+    and these per-row values inside the fusion that needs it, as it does for ``jax.nn``. ``k`` is
+    applied twice (its square would overflow); ``p`` needs it only on ``t = 0`` rows.
     """
-    u = x if st.h is None else x * st.h
-    if st.b is not None:
-        u = jnp.minimum(u, st.b)  # +inf rows only; NaN rows are NaN through den and log_den
-    z = u - st.c
-    if st.tau is not None:
-        z = z / st.tau
-    if st.k is not None:
-        z = (z * st.k) * st.k  # two per-row factors: their product would overflow
-    p = jnp.exp(z) / st.den
-    logp = z - st.log_den
+    z = capped_gap(x, st.h, st.b, st.c, st.tau)
+    if st.tau is None:  # t = 1: k only sends the finite entries of +inf rows to -inf in log p
+        p = jnp.exp(z) / st.den
+        logp = (z if st.k is None else z * st.k) - st.log_den
+    else:
+        if st.k is not None:
+            z = (z * st.k) * st.k  # two per-row factors: their product would overflow
+        p = jnp.exp(z) / st.den
+        logp = z - st.log_den
     if mask is not None:  # a NaN row's masked entries stay 0 / -inf
         p = jnp.where(mask, p, 0)
         logp = jnp.where(mask, logp, _NEG_INF)
     return st.lse, p, logp
 
 
-def _prepare(x: jax.Array, t: jax.Array | None, mask: jax.Array | None):
-    """``(x, t_soft, m, any_hard)``: masked ``x``, a ``t`` without zeros, the row max, and whether
-    any row is hard (a reduction over per-row values).
+def _stats(x: jax.Array, t: jax.Array | None) -> RowStats:
+    """:func:`_soft_stats`, or, with a ``t`` that has a zero somewhere, :func:`_hard_stats`.
 
-    ``t_soft`` has 1 in place of ``t = 0``: such rows only occur in hard batches, where the soft
-    values are not used, and it keeps ``(x - m) / 0`` out of the computation (SPEC 6: no
-    intermediate NaN or inf on finite inputs).
+    The branch depends on ``t`` alone (per-row values, no pass over ``x``), so without ``t`` there
+    is no :func:`jax.lax.cond` at all, and with one the max still fuses with the sums. Only per-row
+    values cross the ``cond``; the soft branch's ``k`` is 1 (the hard one's structure).
     """
-    if mask is not None:
-        x = jnp.where(mask, x, _NEG_INF)  # a masked entry behaves exactly like a -inf one
-    m = jnp.max(x, axis=-1, keepdims=True)
-    hard = m == jnp.inf
-    t_soft = None
-    if t is not None:
-        hard = hard | (t == 0)
-        t_soft = jnp.where(t == 0, 1, t)
-    return x, t_soft, m, jnp.any(hard)
+    if t is None:
+        return _soft_stats(x, None)
+    soft = _soft_stats(x, _rowstats.safe_t(t))
+    soft = soft._replace(k=jnp.ones_like(soft.lse))
+    return jax.lax.cond(jnp.any(t == 0), lambda: _hard_stats(x, t), lambda: soft)
+
+
+def _masked(x: jax.Array, mask: jax.Array | None) -> jax.Array:
+    # A masked entry behaves exactly like a -inf one.
+    return x if mask is None else jnp.where(mask, x, _NEG_INF)
 
 
 def core(
     x: jax.Array, t: jax.Array | None, mask: jax.Array | None
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """``(lse, p, log p)``, as :func:`jaxsoft._reference.core`, for the forward pass.
+    """``(lse, p, log p)``, as :func:`jaxsoft._reference.core`.
 
-    The soft formulas (no select anywhere on the full-size arrays but the mask) compile, like
-    ``jax.nn.softmax``, to one YNNPACK loop that reads each row once from memory; a batch holding
-    a hard row then takes :func:`_hard_stats`'s results instead, through a :func:`jax.lax.cond`
-    after the fact. XLA drops the outputs that are not used, the cond's included.
+    Without ``t`` (and a mask), softargmax compiles, like ``jax.nn.softmax``, to one YNNPACK loop:
+    max, ``sum(exp(z))`` and ``p = exp(z) / den`` while the row is in cache, no temporary; XLA
+    drops the outputs that are not used.
     """
-    xm, t_soft, m, any_hard = _prepare(x, t, mask)
-    fast = _outputs(xm, _soft_stats(xm, t_soft, m, apart=False), mask)
-    return jax.lax.cond(any_hard, lambda: _outputs(xm, _hard_stats(xm, t, m), mask), lambda: fast)
+    xm = _masked(x, mask)
+    return _outputs(xm, _stats(xm, t), mask)
 
 
 def core_for_tangents(
     x: jax.Array, t: jax.Array | None, mask: jax.Array | None
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """``(lse, p, log p)`` for ``logsumexp`` and ``log_softargmax`` and the JVP rules that read them.
+    """``(lse, p, log p)`` for ``logsumexp``, ``log_softargmax`` and the JVP rules that read them.
 
-    The branch is taken on per-row statistics only, and ``p`` and ``log p`` are then elementwise
-    formulas of ``x`` and those (:func:`_outputs`), which XLA recomputes inside the backward fusion
-    that needs them instead of storing a ``(batch, n)`` array (as it does for ``jax.nn``). ``p`` is
-    ``exp(log p)``, so no normaliser sum is needed (a few ulp, as a tangent needs).
+    ``p`` and ``log p`` are elementwise formulas of ``x`` and per-row statistics (:func:`_outputs`),
+    which XLA recomputes inside the backward fusion that needs them instead of storing a
+    ``(batch, n)`` array (as it does for ``jax.nn``). ``p`` is ``exp(log p)``, so no normaliser
+    sum is needed (a few ulp, as a tangent needs).
     """
-    xm, t_soft, m, any_hard = _prepare(x, t, mask)
-    soft = _soft_stats(xm, t_soft, m)
-    ones = jnp.ones_like(m)
-    # The soft branch's None fields as the identity values of the hard branch's structure.
-    soft_full = RowStats(
-        soft.lse,
-        ones if soft.h is None else soft.h,
-        jnp.full_like(m, jnp.inf),
-        soft.c,
-        ones if soft.tau is None else soft.tau,
-        ones,
-        soft.den,
-        soft.log_den,
-    )
-    st = jax.lax.cond(any_hard, lambda: _hard_stats(xm, t, m), lambda: soft_full)
-    lse, _, logp = _outputs(xm, st, mask)
-    # p = exp(log p) needs no normaliser, so the sum of exp(z) is not computed at all (jax.nn's
-    # logsumexp gradient is exp(x - lse) likewise); exact to a few ulp, as a tangent needs.
+    xm = _masked(x, mask)
+    lse, _, logp = _outputs(xm, _stats(xm, t), mask)
     return lse, jnp.exp(logp), logp
+
+
+def _prepare(x: jax.Array, t: jax.Array | None, mask: jax.Array | None):
+    """``(x, t_soft, m, any_hard)`` for :func:`wmean`: masked ``x``, a ``t`` without zeros, the row
+    max, and whether any row is hard (a ``+inf`` max or ``t = 0``; a reduction over per-row values).
+    """
+    x = _masked(x, mask)
+    m = jnp.max(x, axis=-1, keepdims=True)
+    hard = m == jnp.inf
+    t_soft = None
+    if t is not None:
+        hard = hard | (t == 0)
+        t_soft = _rowstats.safe_t(t)
+    return x, t_soft, m, jnp.any(hard)
 
 
 def _soft_wmean(x: jax.Array, t: jax.Array | None, m: jax.Array) -> jax.Array:

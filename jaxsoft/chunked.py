@@ -66,8 +66,7 @@ def _chunked_lse_jvp(chunk_size, primals, tangents):
     dot, pz = ch.scan(body, (zero, zero), c.count, like) if (with_dx or with_dt) else (zero, zero)
     dlse = dot
     if with_dt:
-        entropy = rs.log_norm(st, t) - pz
-        dlse = dlse + jnp.where(st.m == rs.NEG_INF, 0, entropy) * dt
+        dlse = dlse + rs.entropy(st, pz) * dt
     return lse, dlse
 
 

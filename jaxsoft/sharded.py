@@ -77,8 +77,7 @@ def _sharded_lse_jvp(axis_name, primals, tangents):
     dot, pz = lax.psum((dot, pz), axis_name)
     dlse = dot
     if with_dt:
-        entropy = rs.log_norm(st, t) - pz
-        dlse = dlse + jnp.where(st.m == rs.NEG_INF, 0, entropy) * dt
+        dlse = dlse + rs.entropy(st, pz) * dt
     return lse, dlse
 
 

@@ -295,6 +295,15 @@ def test_kl_is_inf_with_zero_gradients_where_the_student_cannot_produce_a_teache
         np.testing.assert_array_equal(g, 0)
 
 
+def test_kl_is_inf_at_zero_temperature_when_the_student_row_is_empty():
+    # SPEC 8.4: +inf wherever the teacher has mass that the student (all -inf here) cannot give.
+    inp = _inputs(6, dtype=np.float32)
+    kl = linear_kl_divergence(
+        inp["h"], inp["W"], inp["th"], inp["tW"], bias=jnp.full(V, -jnp.inf), t=0.0
+    )
+    assert bool((kl == jnp.inf).all())
+
+
 def test_bf16_inputs_accumulate_in_float32():
     inp = _inputs(7, dtype=np.float32)
     h, W, th, tW = (inp[k].astype(jnp.bfloat16) for k in ("h", "W", "th", "tW"))
