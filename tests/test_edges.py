@@ -34,26 +34,36 @@ DERIVS = {
 _COMPILED: dict = {}
 
 
-def _all_derivatives(f, x, *, t=1.0, where=None):
-    """grad/jacfwd/jacrev/hessian of ``f(x, t=t, where=where)``, one compile per (f, kind, shape):
-    ``t`` and ``where`` are traced arguments, so the edge cases reuse the compiled functions."""
-    out = {}
-    for name, d in DERIVS.items():
-        # jacrev and the hessian exercise the JVP rule transposed and applied twice, which both
-        # kernels share (grad and jacfwd already read each kernel's primal values); they are the
-        # costliest compiles here, so CI takes them on the dispatched (tuned) kernel only and the
-        # thorough profile on both.
-        if (
+def _all_derivatives(x, *, t=1.0, where=None):
+    """``{(function, derivative): value}``: every derivative of ``f(x, t=t, where=where)`` in
+    DERIVS for every f in FUNCS, as one compiled program per (shape, where or not, kernel). ``t``
+    and ``where`` are traced arguments, so the edge cases reuse it; one program instead of sixteen
+    costs about a third of the compile time."""
+    # jacrev and the hessian exercise the JVP rule transposed and applied twice, which both
+    # kernels share (grad and jacfwd already read each kernel's primal values); they are the
+    # costliest to compile, so CI takes them on the dispatched (tuned) kernel only and the
+    # thorough profile on both.
+    kinds = tuple(
+        name
+        for name in DERIVS
+        if not (
             name in ("jacrev", "hessian")
             and _core.forced_kernel() == "reference"
             and not thorough()
-        ):
-            continue
-        key = (f, name, x.shape, where is None, _core.forced_kernel())
-        if key not in _COMPILED:
-            _COMPILED[key] = jax.jit(lambda x, t, w, d=d: d(lambda x: f(x, t=t, where=w))(x))
-        out[name] = _COMPILED[key](x, jnp.float32(t), where)
-    return out
+        )
+    )
+    key = (x.shape, where is None, _core.forced_kernel(), kinds)
+    if key not in _COMPILED:
+
+        def every(x, t, w):
+            return {
+                (f.__name__, name): DERIVS[name](lambda x, f=f: f(x, t=t, where=w))(x)
+                for f in FUNCS
+                for name in kinds
+            }
+
+        _COMPILED[key] = jax.jit(every)
+    return _COMPILED[key](x, jnp.float32(t), where)
 
 
 # --- finite, any magnitude ----------------------------------------------------------------------
@@ -68,9 +78,8 @@ def test_finite_any_magnitude_is_exact_with_finite_gradients(scale):
     if scale > 1:
         np.testing.assert_array_equal(p, [0.0, 0.0, 1.0])
         assert float(js.logsumexp(x)) == float(x[2])
-    for f in FUNCS:
-        for name, g in _all_derivatives(f, x).items():
-            assert bool(jnp.all(jnp.isfinite(g))), (f.__name__, name)
+    for key, g in _all_derivatives(x).items():
+        assert bool(jnp.all(jnp.isfinite(g))), key
 
 
 # --- some -inf ----------------------------------------------------------------------------------
@@ -83,18 +92,17 @@ def test_some_neg_inf_entries_get_zero_and_zero_gradient():
     np.testing.assert_allclose(js.logsumexp(x), jax.nn.logsumexp(jnp.array([1.0, 2.0])), rtol=1e-6)
     lp = js.log_softargmax(x)
     assert lp[1] == -INF and lp[3] == -INF
-    for f in FUNCS:
-        for t in [1.0, 0.5, 0.0]:
-            for name, g in _all_derivatives(f, x, t=t).items():
-                assert bool(jnp.all(jnp.isfinite(g))), (f.__name__, t, name)
-                g = np.asarray(g)
-                # Nothing flows to or from a -inf entry.
-                if name in ("grad",):
-                    assert g[1] == 0 and g[3] == 0
-                if name in ("jacfwd", "jacrev") and g.ndim == 2:
-                    assert np.all(g[:, [1, 3]] == 0) and np.all(g[[1, 3], :] == 0)
-                if name in ("jacfwd", "jacrev") and g.ndim == 1:
-                    assert g[1] == 0 and g[3] == 0
+    for t in [1.0, 0.5, 0.0]:
+        for (fname, name), g in _all_derivatives(x, t=t).items():
+            assert bool(jnp.all(jnp.isfinite(g))), (fname, t, name)
+            g = np.asarray(g)
+            # Nothing flows to or from a -inf entry.
+            if name in ("grad",):
+                assert g[1] == 0 and g[3] == 0
+            if name in ("jacfwd", "jacrev") and g.ndim == 2:
+                assert np.all(g[:, [1, 3]] == 0) and np.all(g[[1, 3], :] == 0)
+            if name in ("jacfwd", "jacrev") and g.ndim == 1:
+                assert g[1] == 0 and g[3] == 0
 
 
 # --- one or more +inf ---------------------------------------------------------------------------
@@ -109,10 +117,9 @@ def test_pos_inf_entries_share_the_mass_with_finite_gradients(t):
         js.log_softargmax(x, t=t), [-np.log(2), -INF, -np.log(2), -INF, -INF]
     )
     assert float(js.softargmax_mean(x, t=t)) == INF
-    for f in FUNCS:
-        for name, g in _all_derivatives(f, x, t=t).items():
-            assert not bool(jnp.any(jnp.isnan(g))), (f.__name__, name)
-            assert bool(jnp.all(jnp.isfinite(g))), (f.__name__, name)
+    for key, g in _all_derivatives(x, t=t).items():
+        assert not bool(jnp.any(jnp.isnan(g))), key
+        assert bool(jnp.all(jnp.isfinite(g))), key
 
 
 def test_single_pos_inf_is_one_hot():
@@ -135,9 +142,9 @@ def test_empty_row_is_zero_and_neg_inf_with_zero_gradients(kind, t):
     np.testing.assert_array_equal(js.log_softargmax(x, t=t, where=w), [-INF] * 3)
     assert float(js.logsumexp(x, t=t, where=w)) == -INF
     assert float(js.softargmax_mean(x, t=t, where=w)) == -INF
+    for (fname, name), g in _all_derivatives(x, t=t, where=w).items():
+        np.testing.assert_array_equal(np.asarray(g), 0.0, err_msg=f"{fname} {name}")
     for f in FUNCS:
-        for name, g in _all_derivatives(f, x, t=t, where=w).items():
-            np.testing.assert_array_equal(np.asarray(g), 0.0, err_msg=f"{f.__name__} {name}")
         dt = jax.grad(lambda tt: jnp.sum(f(x, t=tt, where=w)))(jnp.float32(t))
         assert float(dt) == 0.0
 
@@ -180,9 +187,9 @@ def test_t_zero_values_and_defined_gradients():
     np.testing.assert_array_equal(js.softargmax(x, t=0.0), [0, 0.5, 0.5, 0])
     assert float(js.logsumexp(x, t=0.0)) == 4.0
     assert float(js.softargmax_mean(x, t=0.0)) == 4.0
+    for key, g in _all_derivatives(x, t=0.0).items():
+        assert bool(jnp.all(jnp.isfinite(g))), key
     for f in FUNCS:
-        for name, g in _all_derivatives(f, x, t=0.0).items():
-            assert bool(jnp.all(jnp.isfinite(g))), (f.__name__, name)
         dt = jax.grad(lambda t: jnp.sum(f(x, t=t)))(0.0)
         assert bool(jnp.isfinite(dt))
     # logsumexp_t ~ max + t log k near t = 0, so its t-derivative at 0 is log k (k = 2 here).
@@ -236,13 +243,23 @@ def test_where_matches_jax_nn_on_ordinary_inputs():
 
 def test_no_nan_or_inf_alarm_on_finite_inputs():
     x = jnp.asarray(np.random.default_rng(4).normal(size=(4, 5)) * 30, jnp.float32)
-    with jax.debug_nans(True), jax.debug_infs(True):
+
+    # One program per temperature (the debug checks look at every jitted program's outputs, and
+    # re-run it op by op on a NaN or inf): values, gradients in x and t, a Jacobian row.
+    def everything(x, t):
+        out = []
         for f in FUNCS:
-            for t in [1.0, 0.25]:
-                jax.block_until_ready(f(x, t=t))
-                jax.block_until_ready(jax.grad(lambda x: jnp.sum(f(x, t=t)))(x))
-                jax.block_until_ready(jax.grad(lambda t: jnp.sum(f(x, t=t)))(t))
-                jax.block_until_ready(jax.jacfwd(lambda x: f(x, t=t))(x[0]))
+            out += [
+                f(x, t=t),
+                jax.grad(lambda x: jnp.sum(f(x, t=t)))(x),
+                jax.grad(lambda t: jnp.sum(f(x, t=t)))(t),
+                jax.jacfwd(lambda x: f(x, t=t))(x[0]),
+            ]
+        return out
+
+    with jax.debug_nans(True), jax.debug_infs(True):
+        jax.block_until_ready(jax.jit(lambda x: everything(x, 1.0))(x))  # t = 1: no division
+        jax.block_until_ready(jax.jit(everything)(x, jnp.float32(0.25)))
 
 
 def test_nan_rows_on_long_rows():

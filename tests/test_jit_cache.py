@@ -94,12 +94,14 @@ def test_python_float_and_array_t_give_identical_results(name):
 
 
 def test_no_tracer_leaks():
-    # checking_leaks turns off the jit caches, so each call below compiles; keep them few.
+    # checking_leaks turns off the jit caches, so every call compiles, and an eager transform
+    # compiles each primitive on its own: each check is one jitted program (the transforms are
+    # still traced, which is where a leak would happen).
     x = X[:2]
     with jax.checking_leaks():
         jax.jit(lambda x, t: jaxsoft.softargmax(x, t=t, where=x > -1e29))(x, 0.5)
-        jax.grad(lambda t: jaxsoft.logsumexp(x[0], t=t))(0.5)
-        jax.vmap(lambda x, t: jaxsoft.log_softargmax(x, t=t))(x, jnp.array([0.5, 1.0]))
+        jax.jit(jax.grad(lambda t: jaxsoft.logsumexp(x[0], t=t)))(0.5)
+        jax.jit(jax.vmap(lambda x, t: jaxsoft.log_softargmax(x, t=t)))(x, jnp.array([0.5, 1.0]))
 
 
 def test_results_do_not_depend_on_call_history():
