@@ -250,15 +250,7 @@ def kl_cx_cy(x, y, t, mask, with_x: bool, with_y: bool):
 
 
 def _kl_jvp(primals, tangents):
-    """Tangent of ``KL(q || p)``, with ``r = log q - log p`` and ``Q = sum q``:
-
-    ``dKL = <Q p - q, dx> / t + <q (r - KL), dy> / t - (<w, log p + H(p)> + Var_q(r)) / t * dt``,
-    ``w = Q p - q + q (r - KL)``, which is ``p h(r) - KL q`` when ``Q = 1`` (``h`` as in
-    :func:`_p_times_h`). The ``t`` term is ``-(<grad_u, u> + <grad_v, v>) / t`` with ``u = x / t``,
-    ``v = y / t``, shifted to ``log p``, ``log q`` (the gradients sum to 0). In centred rows,
-    ``q - p = p expm1(r)`` and ``p h(r)`` keep the tangents accurate when ``q ~ p``. ``+inf`` rows
-    and ``t = 0`` rows have zero tangent.
-    """
+    """Tangent of ``KL(q || p)`` from the coefficients of :func:`_kl_coefficients` (its formula)."""
     x, y, t, mask = primals
     dx, dy, dt, _ = tangents
     with_t = t is not None and not is_zero(dt)

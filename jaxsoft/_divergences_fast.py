@@ -58,13 +58,6 @@ def _mask_x(x: jax.Array, mask: jax.Array | None) -> jax.Array:
     return x if mask is None else jnp.where(mask, x, _NEG_INF)
 
 
-def _gap(x: jax.Array, c: jax.Array, t: jax.Array | None) -> jax.Array:
-    """``(x - c) / t``; halved when ``t`` is given, so that ``x - c`` cannot overflow."""
-    if t is None:
-        return x - c
-    return (x * 0.5 - c * 0.5) / (t * 0.5)
-
-
 def _not_max(z: jax.Array, one: jax.Array | float) -> jax.Array:
     """1 where ``z < 0``, 0 where ``z = 0`` (``z <= 0``), as ``min(1, z * -2^127)``: arithmetic.
 
@@ -104,11 +97,11 @@ def entropy_stats(x: jax.Array, t: jax.Array | None, mask: jax.Array | None) -> 
     x0 = _mask_x(x, mask)
     ts = rs.safe_t(t)  # t = 0 rows take the exact path
     m = jnp.max(x0, axis=-1, keepdims=True)
-    total = _sum(jnp.exp(_gap(x0, m, ts)))
+    total = _sum(jnp.exp(rs.zdiff(x0, m, ts)))
     # alpha = 1 where total < 2, else 0, in arithmetic: a compare here would split the loop.
     alpha = jnp.minimum(1.0, jnp.maximum(2.0 - total, 0.0) * 2.0**100)
     m2, ts2, alpha, total2 = _copies(m, ts, alpha, total)
-    z = _gap(_mask_x(x, mask), m2, ts2)
+    z = rs.zdiff(_mask_x(x, mask), m2, ts2)
     y = _sum(jnp.exp(z) * (alpha * _not_max(z, 1.0) + _neg(z)) / total2)
     near_one = total < 2
     s = total - 1
@@ -131,7 +124,7 @@ def entropy_value(x: jax.Array, t: jax.Array | None, mask: jax.Array | None):
     x = _mask_x(x, mask)
     ts = rs.safe_t(t)  # t = 0 rows take the exact path
     m = jnp.max(x, axis=-1, keepdims=True)
-    z = _gap(x, m, ts)
+    z = rs.zdiff(x, m, ts)
     total = _sum(jnp.exp(z))
     s = total - 1
     alpha = jnp.minimum(1.0, jnp.maximum(1.0 - s, 0.0) * 2.0**100)
@@ -163,7 +156,7 @@ def entropy_cx(x: jax.Array, t: jax.Array | None, mask: jax.Array | None, st: En
     """``-p (log p + H) / t``, ``p = e^z / T``, ``log p = z - log T``: one elementwise pass."""
     x = _mask_x(x, mask)
     ts = rs.safe_t(t)  # t = 0 rows take the exact path
-    z = _gap(x, st.m, ts)
+    z = rs.zdiff(x, st.m, ts)
     c = jnp.exp(z) * (_neg(z) + (st.log_total - st.h)) / st.total
     return c if ts is None else c / ts
 
@@ -215,8 +208,8 @@ def _kl_terms(x_delta: tuple[jax.Array, jax.Array], row: tuple[Any, ...], which:
     ``x_delta = (x, delta)`` and the per-row ``row = (m, total, mu, t, 1, 0, 2^60)``."""
     x, delta = x_delta
     m, total, mu, ts, one, zero, big = row
-    z = _gap(x, m, ts)
-    d = _gap(delta, mu, ts)
+    z = rs.zdiff(x, m, ts)
+    d = rs.zdiff(delta, mu, ts)
     # `outside` is 1 where |d| > 1, else 0, in plain arithmetic (a compare or a clamp would split
     # the loop). Inside, p = e^z / T times a function of small d: the series of h, or expm1.
     # Outside, the terms are written with q-like factors e^(z + d) / T, never p * e^d: p may
@@ -244,10 +237,10 @@ def kl_stats(x: jax.Array, y: jax.Array, t: jax.Array | None, mask: jax.Array | 
     xm = _mask_x(x, mask)
     ts = rs.safe_t(t)  # t = 0 rows take the exact path
     m = jnp.max(xm, axis=-1, keepdims=True)
-    total = _sum(jnp.exp(_gap(xm, m, ts)))
+    total = _sum(jnp.exp(rs.zdiff(xm, m, ts)))
     xm, delta = _delta(x, y, mask, 0)
     m2, ts2 = _copies(m, ts)
-    mu = _sum(jnp.exp(_gap(xm, m2, ts2)) * delta) / total
+    mu = _sum(jnp.exp(rs.zdiff(xm, m2, ts2)) * delta) / total
     # Each sum gets its own per-row copies, constants included: XLA writes a broadcast constant
     # that two loops share to memory as a full-size array.
     consts = (jnp.ones_like(m), jnp.zeros_like(m), jnp.full_like(m, 2.0**60))
@@ -269,8 +262,8 @@ def kl_cx_cy(x, y, t, mask, st: KLStats, with_x: bool, with_y: bool):
     """``cx = (p - q) / t = -p expm1(r) / t`` and ``cy = q (r - KL) / t``, ``r = d - log1p(a)``."""
     xm, delta = _delta(x, y, mask, 3)
     ts = rs.safe_t(t)  # t = 0 rows take the exact path
-    z = _gap(xm, st.m, ts)
-    r = _gap(delta, st.mu, ts) - st.log1p_a
+    z = rs.zdiff(xm, st.m, ts)
+    r = rs.zdiff(delta, st.mu, ts) - st.log1p_a
     # As in _kl_terms: q = e^(z + r) / T where |r| > 1 (p may underflow there), and
     # q - p = p expm1(r) where |r| <= 1 (it keeps its digits when q ~ p).
     outside = jnp.minimum(1.0, jnp.maximum(jnp.maximum(r, -r) - 1.0, 0.0) * 2.0**60)

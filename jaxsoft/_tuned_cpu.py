@@ -71,14 +71,6 @@ def row_constants(m: jax.Array, *values: float) -> tuple[jax.Array, ...]:
     return tuple(one * v for v in values)
 
 
-def halved(x: jax.Array, c: jax.Array, t: jax.Array | None) -> jax.Array:
-    """``z = (x - c) / t``, as ``(x/2 - c/2) / (t/2)`` when ``t`` is given (no overflow, same
-    rounding: see :func:`jaxsoft._reference.scaled_gap`)."""
-    if t is None:
-        return x - c
-    return (x * 0.5 - c * 0.5) / (t * 0.5)
-
-
 def finite_max_rows(m: jax.Array, one: jax.Array) -> jax.Array:
     """Per-row ``exp(min(0, finfo.max - m))``: 1 where the row max is below ``+inf``, else 0.
 
@@ -117,7 +109,7 @@ def capped_gap(
     ``+inf`` rows too.
 
     Soft rows take ``h = 1, c = max`` (with ``t``: ``h = 1/2, c = max/2, tau = t/2``, the halving of
-    :func:`jaxsoft._reference.scaled_gap`), so the cap is a no-op and ``z = (x - max) / t``. A
+    :func:`jaxsoft._rowstats.zdiff`), so the cap is a no-op and ``z = (x - max) / t``. A
     ``+inf`` row takes ``h = 1/2, c = finfo.max``: its ``+inf`` entries are capped to ``finfo.max``
     and get ``z = 0``, every finite one (``finfo.max`` itself included) ``z <= -finfo.max / 2``,
     whose ``exp`` is 0. So ``+inf`` rows need no separate exact path (and no ``lax.cond``, whose
@@ -449,7 +441,7 @@ def _soft_wmean(x: jax.Array, t: jax.Array | None, m: jax.Array) -> jax.Array:
     """
     big = jnp.finfo(x.dtype).max
     ms = shift(m)
-    total = jnp.sum(jnp.exp(halved(x, ms, t)), axis=-1, keepdims=True)
+    total = jnp.sum(jnp.exp(_rowstats.zdiff(x, ms, t)), axis=-1, keepdims=True)
     # The weighted sum recomputes exp from its own copies of the per-row values: XLA:CPU writes a
     # full-size term shared by two sums in different fusions to memory (jax 0.10.2).
     ms, t = jax.lax.optimization_barrier((ms, t))
