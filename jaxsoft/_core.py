@@ -4,8 +4,9 @@ The public functions (:mod:`jaxsoft._functions`) validate and canonicalise, then
 API at the end of this module: :data:`core`, :data:`core_one`, :data:`wmean`, :func:`forced_kernel`.
 
 The values come from a kernel: :mod:`jaxsoft._reference` (the SPEC written as plainly as the math
-allows; every backend but CPU) or :mod:`jaxsoft._tuned_cpu` (the same results in fewer passes on
-XLA:CPU), chosen per platform at lowering time (:func:`_primal`); :func:`use_kernel` forces one.
+allows; every backend but CPU) or :mod:`jaxsoft._tuned_cpu` and :mod:`jaxsoft._tuned_wmean` (the
+same results in fewer passes on XLA:CPU), chosen per platform at lowering time (:func:`_primal`);
+:func:`use_kernel` forces one.
 The derivatives are defined here, once for every kernel (:func:`_core_tangents`): O(n) custom JVP
 rules that reuse the primal's outputs.
 
@@ -40,7 +41,7 @@ from functools import partial
 import jax
 import jax.numpy as jnp
 
-from jaxsoft import _reference, _tuned_cpu
+from jaxsoft import _reference, _tuned_cpu, _tuned_wmean
 from jaxsoft._rowstats import is_zero as _is_zero
 from jaxsoft._rowstats import safe_t
 
@@ -79,8 +80,16 @@ def use_kernel(name: str | None) -> Iterator[None]:
         _forced_kernel = previous
 
 
-def _kernel_module(name: str | None):
-    return {"reference": _reference, "tuned_cpu": _tuned_cpu}.get(name)  # type: ignore[arg-type]
+def _kernel_module(name: str | None, fn: str):
+    """The module holding kernel ``name``'s function ``fn``; ``None`` for per-platform dispatch."""
+    if name == "tuned_cpu":
+        return _tuned_module(fn)
+    return {"reference": _reference}.get(name)  # type: ignore[arg-type]
+
+
+def _tuned_module(fn: str):
+    # The tuned weighted mean has a module of its own; the tuned core's functions are the rest.
+    return _tuned_wmean if fn == "wmean" else _tuned_cpu
 
 
 def _primal(fn: str, x: jax.Array, t: jax.Array | None, mask: jax.Array | None):
@@ -106,11 +115,11 @@ def _kernel_call(x, t, mask, *, fn: str, kernel: str | None):
     do not need, so there they would only add work. The choice is made at lowering time
     (:func:`jax.lax.platform_dependent`); the compiler never sees the other branch.
     """
-    module = _kernel_module(kernel)
+    module = _kernel_module(kernel, fn)
     if module is not None:
         return getattr(module, fn)(x, t, mask)
     return jax.lax.platform_dependent(
-        x, t, mask, cpu=getattr(_tuned_cpu, fn), default=getattr(_reference, fn)
+        x, t, mask, cpu=getattr(_tuned_module(fn), fn), default=getattr(_reference, fn)
     )
 
 
@@ -138,8 +147,9 @@ _core.defjvp(_core_jvp, symbolic_zeros=True)
 def _core_recomputed(x: jax.Array, t: jax.Array | None, mask: jax.Array | None):
     """:func:`_core`'s values from the kernel's ``core_for_tangents``, with the same JVP rule.
 
-    A tuned kernel computes them so that XLA recomputes ``p`` where a backward pass needs it,
-    rather than storing it (see :func:`jaxsoft._tuned_cpu.core_for_tangents`).
+    What ``logsumexp``'s JVP rule reads (``lse``, and ``p`` for the backward pass). A tuned kernel
+    computes them in the form a backward pass fuses best: ``p`` recomputed from ``x`` where it is
+    needed rather than stored (see :func:`jaxsoft._tuned_cpu.core_for_tangents`).
     """
     return _primal("core_for_tangents", x, t, mask)
 
@@ -158,15 +168,15 @@ _core_recomputed.defjvp(_core_recomputed_jvp, symbolic_zeros=True)
 def _core_one(kind: str, x: jax.Array, t: jax.Array | None, mask: jax.Array | None):
     """One output of :func:`_core` (``kind``: "lse", "p" or "logp"), with the same JVP rule.
 
+    The primal is the kernel's ``core`` for every kind (XLA drops the outputs that are not used).
     The rule is :func:`_core_tangents`; what differs is where it gets the primal values it reads,
-    chosen so that a backward pass stores no more than ``jax.nn``'s does: for ``p``, ``p`` itself;
-    for ``lse`` and ``log p``, the kernel's ``core_for_tangents``, whose ``p`` XLA can recompute
-    where it is needed rather than store.
+    chosen so that a backward pass stores no more than ``jax.nn``'s does and reads ``x`` as few
+    times: for ``p``, the kernel's ``p``; for ``log p``, ``p = exp(log p)`` (the kernel's
+    normaliser sum is then unused, and XLA writes ``log p`` once, in the loop that computes the
+    row statistics, as ``jax.nn`` does); for ``lse``, the kernel's ``core_for_tangents``, whose
+    ``p`` XLA recomputes in the backward pass.
     """
-    # softargmax: the kernel's core, which may fuse the whole row into one loop; lse and log p:
-    # the kernel's core_for_tangents, which its JVP rule reads too (so the backward pass
-    # recomputes rather than stores), measured to need no more scratch memory than jax.nn.
-    lse, p, logp = (_core if kind == "p" else _core_recomputed)(x, t, mask)
+    lse, p, logp = _core(x, t, mask)
     return {"lse": lse, "p": p, "logp": logp}[kind]
 
 
@@ -174,12 +184,13 @@ def _core_one_jvp(kind, primals, tangents):
     x, t, mask = primals
     dx, dt, _ = tangents
     # The custom_jvp functions, not the kernels: higher derivatives go through this rule again.
-    if kind == "p":
-        out = _core(x, t, mask)
-        y = out[1]
+    if kind == "lse":
+        out = _core_recomputed(x, t, mask)
     else:
-        out = _core_recomputed(x, t, mask)  # what the primal computes, too
-        y = out[0] if kind == "lse" else out[2]
+        out = _core(x, t, mask)
+        if kind == "logp":  # p from log p: the kernel's normaliser sum is then left unused
+            out = (out[0], jnp.exp(out[2]), out[2])
+    y = {"lse": out[0], "p": out[1], "logp": out[2]}[kind]
     dlse, dp, dlogp = _core_tangents(x, t, mask, out, dx, dt)
     return y, {"lse": dlse, "p": dp, "logp": dlogp}[kind]
 
@@ -249,22 +260,26 @@ def _wmean(x: jax.Array, t: jax.Array | None, mask: jax.Array | None) -> jax.Arr
 
 
 def _wmean_jvp(primals, tangents):
-    """``d<x, p> = <p, dx> + <x - w, dp>``: centring on ``w`` keeps huge shared offsets from cancelling."""
+    """``d<x, p> = <p (1 + (x - w) / t), dx> - <p ((x - w) / t)^2> dt`` (SPEC 4.2, 1.7).
+
+    ``(x - w) / t`` is :func:`jaxsoft._tuned_wmean.centred_gap`'s ``u / s``: centred on ``w``
+    through differences to the row max, so that a huge shared offset (tied maxima near float max)
+    does not cancel under a tiny ``t``, and bounded on every entry, so ``p * u`` is 0 wherever
+    ``p`` is with no full-size select (which XLA:CPU would write to memory, jax 0.10.2), also in
+    higher derivatives. On ``+inf`` rows ``u`` is 0 where ``p > 0`` (the limit), as at ``t = 0``
+    (the hard argmax). Plain arithmetic for every kernel: it is what the rule must compute.
+    """
     x, t, mask = primals
     dx, dt, _ = tangents
     w = _wmean(x, t, mask)
-    out = _core(x, t, mask)
-    p = out[1]
-    _, dp, _ = _core_tangents(x, t, mask, out, dx, dt)
-    # Centre on w computed from differences to the row max: x - w itself can carry the rounding
-    # of a huge w, which dp ~ 1/t would magnify (tied maxima near float max, tiny t). In a +inf
-    # row the centred term's limit is 0.
-    m = jnp.max(jnp.where(p > 0, x, _NEG_INF), axis=-1, keepdims=True)
-    d = jnp.where(p > 0, x - jnp.where(jnp.isfinite(m), m, 0), 0)
-    centred = jnp.where((p > 0) & (w < jnp.inf), d - _rowsum(p * d, mask), 0)
-    dw = _rowsum(centred * dp, mask)
+    p = _core(x, t, mask)[1]
+    u, s = _tuned_wmean.centred_gap(x, t, mask, p)
+    pu = p * u if s is None else (p / s) * u  # p (x - w) / t: 0 where p = 0
+    dw = jnp.zeros_like(w)
     if not _is_zero(dx):
-        dw = dw + _rowsum(p * (dx if mask is None else jnp.where(mask, dx, 0)), mask)
+        dw = dw + _rowsum((p + pu) * (dx if mask is None else jnp.where(mask, dx, 0)), mask)
+    if s is not None and not _is_zero(dt):
+        dw = dw - _rowsum(pu * u / s, mask) * dt  # <p ((x - w) / t)^2>
     return w, dw
 
 

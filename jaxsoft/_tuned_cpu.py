@@ -11,22 +11,22 @@ profiles are in bench/README.md. What it builds on:
   of the loop, so ``x`` is read again, and a bfloat16 ``x`` (converted to float32 by the caller,
   SPEC 7) has its float32 copy written to memory because two fusions read it. ``jax.nn.softmax``
   is a single such loop with no temporary memory. So every op here, per-row ones included, is
-  arithmetic; selects act on the mask only, and in the ``t = 0`` branch.
+  arithmetic; selects act on the mask, and on per-row values computed after the sums.
 * A :func:`jax.lax.cond` whose operand is the float32 copy of a bfloat16 ``x``, or whose result is
   a full-size float32 array that is then converted to bfloat16, costs that copy too (the previous
   kernel's ``+inf`` check: bfloat16 ``softargmax`` 7-8x ``jax.nn``'s time). ``+inf`` rows are
-  therefore exact in the arithmetic itself (:func:`capped_gap`); only ``t = 0`` needs a ``cond``,
-  decided on ``t`` alone.
+  therefore exact in the arithmetic itself (:func:`capped_gap`), and so are ``t = 0`` rows
+  (:func:`hard_scale`): the kernel has no ``cond``. A ``cond`` on ``t`` alone used to take
+  ``t = 0`` batches to a second copy of the statistics, which doubled the size of every program
+  with a ``t`` (compile time: the divergences' test file 28% shorter without it).
 * XLA:CPU flushes subnormals to zero, which the indicators below rely on; its ``min`` and ``max``
   return the second operand when one is NaN, so NaN-carrying values go second.
 
 Structure: :func:`_soft_stats` computes every row's statistics (max, normaliser, the ``log1p``
-form's mass off the maxima and count of maxima) in plain arithmetic, exact on every row but
-``t = 0`` ones; without ``t`` there is no branch at all. With a ``t`` holding a zero, the batch
-takes :func:`_hard_stats` instead (one ``cond`` on per-row values). Both give per-row parameters
-(:class:`RowStats`) of one elementwise formula (:func:`_outputs`), which yields the soft and the
-hard results alike; XLA drops the outputs nobody uses and recomputes ``p`` in the backward pass
-rather than store it.
+form's mass off the maxima and count of maxima) in plain arithmetic, exact on every row, ``t = 0``
+ones included, with no branch. It gives per-row parameters (:class:`RowStats`) of one elementwise
+formula (:func:`_outputs`), which yields the soft and the hard results alike; XLA drops the
+outputs nobody uses and recomputes ``p`` in the backward pass rather than store it.
 """
 
 from __future__ import annotations
@@ -140,7 +140,7 @@ class RowStats(NamedTuple):
     ``log p = z' - log_den``. Without ``t`` (``tau`` is None): ``z' = z`` for ``p`` and ``z * k``
     for ``log p``, with ``k = 2^127`` on ``+inf`` rows (their finite entries' ``z <= -finfo.max/2``
     becomes ``-inf``) and 1 elsewhere. With ``t``: ``z' = (z * k) * k``, ``k = 1`` on soft rows
-    and ``2^127`` on ``t = 0`` rows (:func:`_hard_stats`); ``+inf`` rows reach ``-inf`` through
+    and ``2^127`` on ``t = 0`` rows (:func:`hard_scale`); ``+inf`` rows reach ``-inf`` through
     ``tau = finfo.tiny``.
     """
 
@@ -165,7 +165,9 @@ def fuses_row_sums(x: jax.Array) -> bool:
     below (4000 rows, 256, 16) the per-row arithmetic runs as separate XLA loops, the sums land in
     separate fusions, and a shared full-size term (``exp(z)``, ``floor(exp(z))``) is written to
     memory first (a ``(batch, n)`` temporary, 4-5x the time of ``logsumexp``). A static choice on
-    the shape: both forms give the same results.
+    the shape: both forms give the same results. Only where nothing but a per-row result leaves
+    the loop: a backward pass that reads the per-row statistics too splits the max out at any
+    batch size (:func:`core_for_tangents`).
     """
     return math.prod(x.shape[:-1]) >= FUSED_ROWS
 
@@ -203,12 +205,15 @@ def is_max(z: jax.Array, one: jax.Array, zero: jax.Array) -> jax.Array:
 
 
 def _soft_params(m: jax.Array, t: jax.Array | None, one: jax.Array):
-    """``(h, b, c, tau, k)`` of :func:`capped_gap` for every row but ``t = 0`` ones, per row.
+    """``(h, b, c, tau, k)`` of :func:`capped_gap` and :func:`hard_scale` for every row, per row.
 
     Soft rows: ``(1, finfo.max, max)`` (``t``: ``(1/2, finfo.max, max/2, t/2)``); ``+inf`` rows:
     ``(1/2, finfo.max, finfo.max)`` and ``k = 2^127`` (``t``: ``tau = finfo.tiny``, which sends the
-    finite entries to ``-inf`` already); empty rows shift by ``-finfo.max``. Arithmetic only
-    (:func:`finite_max_rows`, :func:`clamp_max`), so none of it splits the fusion.
+    finite entries to ``-inf`` already); empty rows shift by ``-finfo.max``. ``t = 0`` rows:
+    ``(1, finfo.max, max, 1)`` and ``k = 2^127`` (the hard limit, :func:`hard_scale`); ``k = 1`` on
+    the other rows with a ``t``. Arithmetic only (:func:`finite_max_rows`, :func:`clamp_max`; which
+    rows have ``t = 0`` is read from ``t`` alone, before the loop over ``x``), so none of it splits
+    the fusion.
     """
     dtype = m.dtype
     below = finite_max_rows(m, one)
@@ -217,27 +222,48 @@ def _soft_params(m: jax.Array, t: jax.Array | None, one: jax.Array):
     if t is None:
         h = 0.5 + 0.5 * below
         return h, b, c, None, 1 + big_power(dtype) * (1 - below)
-    h = 0.5 * one
-    c = c * (1 - 0.5 * below)  # max/2 on soft rows, finfo.max on +inf rows
-    tau = t * 0.5 * below + jnp.finfo(dtype).tiny * (1 - below)
-    return h, b, c, tau, None
+    hard = (t == 0).astype(dtype)
+    soft_below = below * (1 - hard)
+    h = 0.5 * one + 0.5 * (below - soft_below)  # 1 on finite t = 0 rows, else 1/2
+    c = c * (1 - 0.5 * soft_below)  # max/2 on soft rows, max on t = 0 ones, finfo.max on +inf
+    tau = (t * 0.5 + hard) * below + jnp.finfo(dtype).tiny * (1 - below)
+    return h, b, c, tau, 1 + (big_power(dtype) - 1) * hard
 
 
-def _soft_stats(x: jax.Array, t: jax.Array | None) -> RowStats:
-    """Row statistics of every row but ``t = 0`` ones, in plain arithmetic, max included.
+def hard_scale(z: jax.Array, k: jax.Array | None) -> jax.Array:
+    """``(z * k) * k``: with ``k = 2^127``, a ``t = 0`` row's gap is ``-inf`` off its maxima.
+
+    Every non-zero gap of a ``t = 0`` row is at least ``2^-126`` in size (the smallest normal:
+    XLA:CPU flushes subnormals), which ``2^254`` takes past ``finfo.max``; a maximum's ``z = 0``
+    stays 0, NaN stays NaN, so ``exp`` gives the hard argmax's indicator and the row sums count
+    the maxima, with no branch. Two factors, as their product would overflow. ``k = 1`` on rows
+    with ``t > 0``; without ``t`` (``k`` None) there is nothing to do.
+    """
+    return z if k is None else (z * k) * k
+
+
+def _scaled_gap(x: jax.Array, m: jax.Array, t: jax.Array | None, one: jax.Array) -> jax.Array:
+    """:func:`hard_scale` of :func:`capped_gap` with the parameters built from ``one``."""
+    h, b, c, tau, k = _soft_params(m, t, one)
+    return hard_scale(capped_gap(x, h, b, c, tau), None if t is None else k)
+
+
+def _soft_stats(x: jax.Array, t: jax.Array | None, one_loop: bool) -> RowStats:
+    """Row statistics of every row, in plain arithmetic, max included.
 
     Exact on rows of finite entries, ``-inf`` entries, all ``-inf`` rows, ``+inf`` rows and NaN
-    rows, for any ``t > 0``, with no select and no ``lax.cond``: every full-size op (the max,
+    rows, for any ``t >= 0``, with no select and no ``lax.cond``: every full-size op (the max,
     :func:`capped_gap`, ``exp``, ``floor``, the sums) and every per-row one is arithmetic, so
     XLA:CPU keeps ``softargmax``'s max, sum and output in one YNNPACK loop that reads ``x`` once
     with no temporary, as ``jax.nn.softmax`` (jax 0.10.2), for bfloat16 inputs too.
 
     Three sums: ``total = sum(exp(z))`` (``softargmax``'s normaliser), and, for the ``log1p`` form
     of ``logsumexp`` and ``log_softargmax`` (SPEC 2.5, 3.2), ``s``, the mass off the maxima, and
-    ``count``, the number of maxima. XLA computes only the ones that are used. Where XLA fuses them
-    into one loop (:func:`fuses_row_sums`) they share ``e = exp(z)``: ``s = sum(e - floor(e))``,
-    ``count = sum(floor(e))`` (three ops per entry more than ``sum(e)``); elsewhere each computes
-    its own terms (:func:`distinct_ones`), ``count`` without an ``exp`` (:func:`is_max`).
+    ``count``, the number of maxima. XLA computes only the ones that are used. With ``one_loop``
+    (where XLA fuses them into one loop: :func:`fuses_row_sums`) they share ``e = exp(z)``:
+    ``s = sum(e - floor(e))``, ``count = sum(floor(e))`` (three ops per entry more than
+    ``sum(e)``); otherwise each computes its own terms (:func:`distinct_ones`), ``count`` without
+    an ``exp`` (:func:`is_max`).
 
     Empty rows (``total = s = count = 0``): ``lse = -finfo.max + t * log1p(-1) = -inf``; ``p``
     divides ``exp(-inf) = 0`` by ``total + tiny``; ``log p = -inf - log_den`` with ``log_den`` taken
@@ -247,13 +273,13 @@ def _soft_stats(x: jax.Array, t: jax.Array | None) -> RowStats:
     """
     dtype = x.dtype
     m = jnp.max(x, axis=-1, keepdims=True)
-    if fuses_row_sums(x):
+    if one_loop:
         # One loop: the sums share exp(z), and the maxima are where it rounds to 1 (floor(e) = 1,
         # which includes gaps under 2^-25, whose exp is 1 in float32 anyway); so
         # s = sum(e - floor(e)) and count = sum(floor(e)) split sum(e) exactly as rounded.
         one = jnp.sign(jnp.abs(m) + 1)
         h, b, c, tau, k = _soft_params(m, t, one)
-        e = jnp.exp(capped_gap(x, h, b, c, tau))
+        e = jnp.exp(hard_scale(capped_gap(x, h, b, c, tau), k if t is not None else None))
         f = jnp.floor(e)
         total = jnp.sum(e, axis=-1, keepdims=True)
         s = jnp.sum(e - f, axis=-1, keepdims=True)
@@ -263,10 +289,10 @@ def _soft_stats(x: jax.Array, t: jax.Array | None) -> RowStats:
         # count of maxima needs no exp (is_max/not_max agree on which entries are maxima).
         one, one_s, one_c = distinct_ones(m, 3)
         h, b, c, tau, k = _soft_params(m, t, one)
-        total = jnp.sum(jnp.exp(capped_gap(x, h, b, c, tau)), axis=-1, keepdims=True)
-        z_s = capped_gap(x, *_soft_params(m, t, one_s)[:4])
+        total = jnp.sum(jnp.exp(_scaled_gap(x, m, t, one)), axis=-1, keepdims=True)
+        z_s = _scaled_gap(x, m, t, one_s)
         s = jnp.sum(jnp.exp(z_s) * not_max(z_s), axis=-1, keepdims=True)
-        z_c = capped_gap(x, *_soft_params(m, t, one_c)[:4])
+        z_c = _scaled_gap(x, m, t, one_c)
         count = jnp.sum(is_max(z_c, one_c, 0 * one_c), axis=-1, keepdims=True)
     # The shared finisher (SPEC 2.5): log1p(s + (count - 1)), plain arithmetic, so it stays in the
     # loop. Both per-row results below come from this one value: two expressions of s and count
@@ -274,79 +300,14 @@ def _soft_stats(x: jax.Array, t: jax.Array | None) -> RowStats:
     # value_and_grad a (batch, n) temporary at (4096, 1024) (jax 0.10.2).
     log_total = _rowstats.log_norm(_rowstats.RowStats(m, count, s))
     ms = jnp.maximum(m, -jnp.finfo(dtype).max * one)
-    lse = ms + (log_total if t is None else t * log_total)
+    # A t = 0 row's lse is its max; 0 * s (s = 0 there) keeps a NaN row NaN, which XLA:CPU's max
+    # reduction may have dropped. t * log_total would be 0 * -inf = NaN on an empty row.
+    lse = ms + log_total if t is None else jnp.where(t == 0, m + 0 * s, ms + t * log_total)
     den = total + jnp.finfo(dtype).tiny
     # log_total >= 0 on every row with an entry; 0 instead of -inf on an empty row, so that its
     # log p is -inf - 0; NaN stays NaN (the second operand of the max: see capped_gap).
     log_den = jnp.maximum(0 * one, log_total)
     return RowStats(lse, h, b, c, tau, k, den, log_den)
-
-
-def hard_max(x: jax.Array, m: jax.Array) -> jax.Array:
-    """An arithmetic indicator of the maxima of hard rows, finite or ``+inf``: 1 there, else 0.
-
-    ``min(1, max(0, (x - c) * a + o))`` with per-row ``(c, a, o)``: ``(max, 2^126, 1)`` on a row
-    with a finite max, ``(finfo.max, 1, 0)`` on a ``+inf`` row, where ``x - finfo.max`` is ``+inf``
-    on the ``+inf`` entries and ``<= 0`` on every other one (the usual ``x - m`` would be
-    ``inf - inf = NaN`` there). The bounds are per-row arrays: with constant bounds XLA rewrites
-    the min/max pair into a clamp, which YNNPACK does not fuse (jax 0.10.2).
-    """
-    pos_inf = m == jnp.inf
-    c = jnp.where(pos_inf, jnp.finfo(x.dtype).max, shift(m))
-    a = jnp.where(pos_inf, 1, big_power(x.dtype, 1)).astype(x.dtype)
-    o = jnp.where(pos_inf, 0, 1).astype(x.dtype)
-    c, a, o = jax.lax.optimization_barrier((c, a, o))  # keep their selects out of the sum
-    one, zero = row_constants(m, 1.0, 0.0)
-    return jnp.minimum(one, jnp.maximum(zero, (x - c) * a + o))
-
-
-def nan_rows(x: jax.Array) -> jax.Array:
-    """Per-row flag: True where the row holds a NaN (``+-inf`` do not count).
-
-    ``isnan(sum(exp(-|x|) * 0))``: the term is 0 for every ``x`` but NaN, infinities included, and
-    stays a fused sum. The max reduction cannot tell: XLA:CPU's fused max drops NaN on rows of 1024
-    or more (jax 0.10.2: an all-NaN row of 4096 has max ``-inf``). The 0 is a per-row array hidden
-    behind :func:`jax.lax.optimization_barrier`: a broadcast constant 0 shared with another sum's
-    terms (``is_max``'s) is written to memory as a full-size array (jax 0.10.2).
-    """
-    (zero,) = row_constants(jnp.zeros(x.shape[:-1] + (1,), x.dtype), 0.0)
-    return jnp.isnan(jnp.sum(jnp.exp(-jnp.abs(x)) * zero, axis=-1, keepdims=True))
-
-
-def _hard_stats(x: jax.Array, t: jax.Array) -> RowStats:
-    """Row statistics for a batch holding a ``t = 0`` row (inside the :func:`jax.lax.cond`).
-
-    Rows with ``t > 0`` as in :func:`_soft_stats` (recomputed here, so that nothing but ``t``
-    decides the branch and the max stays inside the soft path's single fusion). A ``t = 0`` row's
-    limit is uniform over its ``c`` maxima (its ``+inf`` entries, if any): ``z = 0`` there and
-    ``-inf`` elsewhere, from ``k = 2^127`` (:func:`big_power`) applied twice to a gap that is
-    ``<= -2^-126`` off the maxima; on a ``+inf`` row the gap is ``min(x/2, finfo.max) - finfo.max``,
-    0 on the ``+inf`` entries only. Then ``den = c``, ``log_den = log c``, ``lse = max``.
-    """
-    dtype = x.dtype
-    m = jnp.max(x, axis=-1, keepdims=True)
-    pos_inf = m == jnp.inf
-    hard = t == 0
-    soft = _soft_stats(x, jnp.where(hard, 1, t))
-    count = jnp.sum(hard_max(x, m), axis=-1, keepdims=True)
-    nan = nan_rows(x)
-    empty = m == _NEG_INF
-
-    def pick(hard_value, soft_value):
-        if soft_value is None:
-            soft_value = jnp.ones_like(m)
-        return jnp.where(hard, jnp.asarray(hard_value, dtype), soft_value)
-
-    return RowStats(
-        lse=jnp.where(nan, jnp.nan, jnp.where(hard, m, soft.lse)),
-        h=pick(jnp.where(pos_inf, 0.5, 1), soft.h),
-        b=soft.b,
-        c=pick(jnp.where(pos_inf, jnp.finfo(dtype).max, shift(m)), soft.c),
-        tau=pick(1, soft.tau),
-        k=pick(big_power(dtype), soft.k),
-        den=jnp.where(nan, jnp.nan, pick(jnp.where(empty, 1, count), soft.den)),
-        log_den=jnp.where(nan, jnp.nan, pick(jnp.where(empty, 0, jnp.log(count)), soft.log_den)),
-    )
 
 
 def _outputs(x: jax.Array, st: RowStats, mask: jax.Array | None):
@@ -371,18 +332,9 @@ def _outputs(x: jax.Array, st: RowStats, mask: jax.Array | None):
     return st.lse, p, logp
 
 
-def _stats(x: jax.Array, t: jax.Array | None) -> RowStats:
-    """:func:`_soft_stats`, or, with a ``t`` that has a zero somewhere, :func:`_hard_stats`.
-
-    The branch depends on ``t`` alone (per-row values, no pass over ``x``), so without ``t`` there
-    is no :func:`jax.lax.cond` at all, and with one the max still fuses with the sums. Only per-row
-    values cross the ``cond``; the soft branch's ``k`` is 1 (the hard one's structure).
-    """
-    if t is None:
-        return _soft_stats(x, None)
-    soft = _soft_stats(x, _rowstats.safe_t(t))
-    soft = soft._replace(k=jnp.ones_like(soft.lse))
-    return jax.lax.cond(jnp.any(t == 0), lambda: _hard_stats(x, t), lambda: soft)
+def _stats(x: jax.Array, t: jax.Array | None, one_loop: bool) -> RowStats:
+    """:func:`_soft_stats`, for every ``t`` (its zeros included)."""
+    return _soft_stats(x, t, one_loop)
 
 
 def _masked(x: jax.Array, mask: jax.Array | None) -> jax.Array:
@@ -397,78 +349,28 @@ def core(
 
     Without ``t`` (and a mask), softargmax compiles, like ``jax.nn.softmax``, to one YNNPACK loop:
     max, ``sum(exp(z))`` and ``p = exp(z) / den`` while the row is in cache, no temporary; XLA
-    drops the outputs that are not used.
+    drops the outputs that are not used. The forwards of ``logsumexp`` and ``log_softargmax``, and
+    ``log_softargmax``'s JVP rule, use it too: from :data:`FUSED_ROWS` rows their max, sums and
+    output are one such loop (:func:`fuses_row_sums`).
     """
     xm = _masked(x, mask)
-    return _outputs(xm, _stats(xm, t), mask)
+    return _outputs(xm, _stats(xm, t, fuses_row_sums(xm)), mask)
 
 
 def core_for_tangents(
     x: jax.Array, t: jax.Array | None, mask: jax.Array | None
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """``(lse, p, log p)`` for ``logsumexp``, ``log_softargmax`` and the JVP rules that read them.
+    """``(lse, p, log p)`` for ``logsumexp``'s JVP rule: ``lse``, and ``p`` for its backward pass.
 
-    ``p`` and ``log p`` are elementwise formulas of ``x`` and per-row statistics (:func:`_outputs`),
-    which XLA recomputes inside the backward fusion that needs them instead of storing a
-    ``(batch, n)`` array (as it does for ``jax.nn``). ``p`` is ``exp(log p)``, so no normaliser
-    sum is needed (a few ulp, as a tangent needs).
+    ``p`` is an elementwise formula of ``x`` and per-row statistics (:func:`_outputs`), which XLA
+    recomputes inside the backward fusion instead of storing a ``(batch, n)`` array (``jax.nn``
+    stores ``exp(x - max)``). ``p`` is ``exp(log p)``, so no normaliser sum is needed (a few ulp, as
+    a tangent needs). The sums take the separate-loop form of :func:`_soft_stats` at every batch
+    size: the backward fusion reads the per-row statistics too, so XLA compiles the max as a
+    fusion of its own, and the one-loop form's shared ``exp(z)`` then had its gap ``z`` written to
+    memory by a loop fusion first (jax 0.10.2, ``(4096, 1024)`` float32: ``value_and_grad``
+    about half the time with the separate form, at 16 B per row more scratch).
     """
     xm = _masked(x, mask)
-    lse, _, logp = _outputs(xm, _stats(xm, t), mask)
+    lse, _, logp = _outputs(xm, _stats(xm, t, False), mask)
     return lse, jnp.exp(logp), logp
-
-
-def _prepare(x: jax.Array, t: jax.Array | None, mask: jax.Array | None):
-    """``(x, t_soft, m, any_hard)`` for :func:`wmean`: masked ``x``, a ``t`` without zeros, the row
-    max, and whether any row is hard (a ``+inf`` max or ``t = 0``; a reduction over per-row values).
-    """
-    x = _masked(x, mask)
-    m = jnp.max(x, axis=-1, keepdims=True)
-    hard = m == jnp.inf
-    t_soft = None
-    if t is not None:
-        hard = hard | (t == 0)
-        t_soft = _rowstats.safe_t(t)
-    return x, t_soft, m, jnp.any(hard)
-
-
-def _soft_wmean(x: jax.Array, t: jax.Array | None, m: jax.Array) -> jax.Array:
-    """``<x, p>`` on rows that are not hard: ``m + <x - m, p>``, exactly ``m`` when all are equal.
-
-    Two sums, fused with the max like ``sum(x * jax.nn.softmax(x))``. ``-inf`` entries (and gaps
-    that overflow, where ``exp`` is 0 anyway) are clamped to ``-finfo.max``, so they weigh
-    ``0 * -finfo.max = 0`` rather than ``0 * -inf = NaN``; halving keeps the gaps finite with ``t``.
-    """
-    big = jnp.finfo(x.dtype).max
-    ms = shift(m)
-    total = jnp.sum(jnp.exp(_rowstats.zdiff(x, ms, t)), axis=-1, keepdims=True)
-    # The weighted sum recomputes exp from its own copies of the per-row values: XLA:CPU writes a
-    # full-size term shared by two sums in different fusions to memory (jax 0.10.2).
-    ms, t = jax.lax.optimization_barrier((ms, t))
-    if t is None:
-        d = x - ms
-        num = jnp.sum(jnp.maximum(d, -big) * jnp.exp(d), axis=-1, keepdims=True)
-        w = ms + num / total
-    else:
-        dh = x * 0.5 - ms * 0.5
-        num = jnp.sum(jnp.maximum(dh, -big) * jnp.exp(dh / (t * 0.5)), axis=-1, keepdims=True)
-        w = 2 * (ms * 0.5 + num / total)  # exact in the halving
-    return jnp.where(total == 0, _NEG_INF, w)
-
-
-def wmean(x: jax.Array, t: jax.Array | None, mask: jax.Array | None) -> jax.Array:
-    """``<x, p>`` per row, as :func:`jaxsoft._reference.wmean`: the max and two fused sums.
-
-    Hard batches (as in :func:`core`) take the same sums with stand-ins, then the limit per row:
-    the max (``+inf`` on a ``+inf`` row), and NaN on NaN rows.
-    """
-    x, t_soft, m, any_hard = _prepare(x, t, mask)
-    pos_inf = m == jnp.inf
-    hard = pos_inf if t is None else pos_inf | (t == 0)
-    soft = _soft_wmean(x, t_soft, m)
-
-    def hard_branch():
-        w = _soft_wmean(x, t_soft, jnp.where(pos_inf, 0, m))
-        return jnp.where(nan_rows(x), jnp.nan, jnp.where(hard, m, w))
-
-    return jax.lax.cond(any_hard, hard_branch, lambda: soft)

@@ -61,15 +61,11 @@ def _compare(ours, ref, shape, dtype, mode, reduces):
 
 # Measured misses of the tuned XLA:CPU kernel (jax 0.10.2), each a (batch, n) temporary. Strict: a
 # fix makes them fail here until they are removed from this list. Why, from the HLO: bench/README.md.
-_MEAN_RULE = (
-    "softargmax_mean's JVP rule centres x with full-size selects, which XLA writes to memory"
-)
 _BF16_COPY = (
     "below 4096 rows the max and the sums are separate fusions that share the float32 copy of the "
     "bfloat16 input, which XLA then writes to memory"
 )
 KNOWN_MISSES = {
-    ("softargmax_mean", "float32", "value_and_grad"): _MEAN_RULE,
     ("logsumexp", "bfloat16", "forward"): _BF16_COPY,
 }
 
