@@ -35,10 +35,11 @@ _COMPILED: dict = {}
 
 
 def _all_derivatives(x, *, t=1.0, where=None):
-    """``{(function, derivative): value}``: every derivative of ``f(x, t=t, where=where)`` in
-    DERIVS for every f in FUNCS, as one compiled program per (shape, where or not, kernel). ``t``
-    and ``where`` are traced arguments, so the edge cases reuse it; one program instead of sixteen
-    costs about a third of the compile time."""
+    """``{(function, kind): value}`` for every f in FUNCS: the value (kind "value"), every
+    derivative in DERIVS, and the derivative in ``t`` of the sum (kind "dt"), of
+    ``f(x, t=t, where=where)``, as one compiled program per (shape, where or not, kernel). ``t``
+    and ``where`` are traced arguments, so the edge cases reuse it: one program instead of one per
+    function, derivative and temperature is most of this file's compile time saved."""
     # jacrev and the hessian exercise the JVP rule transposed and applied twice, which both
     # kernels share (grad and jacfwd already read each kernel's primal values); they are the
     # costliest to compile, so CI takes them on the dispatched (tuned) kernel only and the
@@ -56,14 +57,23 @@ def _all_derivatives(x, *, t=1.0, where=None):
     if key not in _COMPILED:
 
         def every(x, t, w):
-            return {
+            out = {
                 (f.__name__, name): DERIVS[name](lambda x, f=f: f(x, t=t, where=w))(x)
                 for f in FUNCS
                 for name in kinds
             }
+            for f in FUNCS:
+                out[f.__name__, "value"] = f(x, t=t, where=w)
+                out[f.__name__, "dt"] = jax.grad(lambda t, f=f: jnp.sum(f(x, t=t, where=w)))(t)
+            return out
 
         _COMPILED[key] = jax.jit(every)
     return _COMPILED[key](x, jnp.float32(t), where)
+
+
+def _values(x, **kw):
+    """``{function name: value}`` from :func:`_all_derivatives`'s program."""
+    return {k[0]: np.asarray(v) for k, v in _all_derivatives(x, **kw).items() if k[1] == "value"}
 
 
 # --- finite, any magnitude ----------------------------------------------------------------------
@@ -72,14 +82,16 @@ def _all_derivatives(x, *, t=1.0, where=None):
 @pytest.mark.parametrize("scale", [1.0, 1e10, 1e30, 3e38])
 def test_finite_any_magnitude_is_exact_with_finite_gradients(scale):
     x = jnp.array([0.5, -0.25, 1.0], jnp.float32) * jnp.float32(scale)
-    p = js.softargmax(x)
-    assert bool(jnp.all(jnp.isfinite(p)))
+    every = _all_derivatives(x)
+    p = np.asarray(every["softargmax", "value"])
+    assert np.all(np.isfinite(p))
     np.testing.assert_allclose(float(p.sum()), 1.0, rtol=1e-6)
     if scale > 1:
         np.testing.assert_array_equal(p, [0.0, 0.0, 1.0])
-        assert float(js.logsumexp(x)) == float(x[2])
-    for key, g in _all_derivatives(x).items():
-        assert bool(jnp.all(jnp.isfinite(g))), key
+        assert float(every["logsumexp", "value"]) == float(x[2])
+    for key, g in every.items():
+        if key[1] != "value":  # every derivative, the t-derivative included
+            assert np.all(np.isfinite(np.asarray(g))), key
 
 
 # --- some -inf ----------------------------------------------------------------------------------
@@ -87,15 +99,17 @@ def test_finite_any_magnitude_is_exact_with_finite_gradients(scale):
 
 def test_some_neg_inf_entries_get_zero_and_zero_gradient():
     x = jnp.array([1.0, -INF, 2.0, -INF], jnp.float32)
-    ref = jax.nn.softmax(jnp.array([1.0, 2.0]))
-    np.testing.assert_allclose(js.softargmax(x), [ref[0], 0, ref[1], 0], rtol=1e-6)
-    np.testing.assert_allclose(js.logsumexp(x), jax.nn.logsumexp(jnp.array([1.0, 2.0])), rtol=1e-6)
-    lp = js.log_softargmax(x)
-    assert lp[1] == -INF and lp[3] == -INF
+    e = np.exp([1.0, 2.0]) / np.exp([1.0, 2.0]).sum()
+    v = _values(x)
+    np.testing.assert_allclose(v["softargmax"], [e[0], 0, e[1], 0], rtol=1e-6)
+    np.testing.assert_allclose(v["logsumexp"], np.log(np.exp(1.0) + np.exp(2.0)), rtol=1e-6)
+    assert v["log_softargmax"][1] == -INF and v["log_softargmax"][3] == -INF
     for t in [1.0, 0.5, 0.0]:
         for (fname, name), g in _all_derivatives(x, t=t).items():
-            assert bool(jnp.all(jnp.isfinite(g))), (fname, t, name)
+            if name == "value":
+                continue
             g = np.asarray(g)
+            assert np.all(np.isfinite(g)), (fname, t, name)
             # Nothing flows to or from a -inf entry.
             if name in ("grad",):
                 assert g[1] == 0 and g[3] == 0
@@ -111,15 +125,15 @@ def test_some_neg_inf_entries_get_zero_and_zero_gradient():
 @pytest.mark.parametrize("t", [1.0, 0.3, 0.0])
 def test_pos_inf_entries_share_the_mass_with_finite_gradients(t):
     x = jnp.array([INF, 1.0, INF, -INF, 3e38], jnp.float32)
-    np.testing.assert_array_equal(js.softargmax(x, t=t), [0.5, 0, 0.5, 0, 0])
-    assert float(js.logsumexp(x, t=t)) == INF
-    np.testing.assert_allclose(
-        js.log_softargmax(x, t=t), [-np.log(2), -INF, -np.log(2), -INF, -INF]
-    )
-    assert float(js.softargmax_mean(x, t=t)) == INF
-    for key, g in _all_derivatives(x, t=t).items():
-        assert not bool(jnp.any(jnp.isnan(g))), key
-        assert bool(jnp.all(jnp.isfinite(g))), key
+    every = _all_derivatives(x, t=t)
+    v = {k[0]: np.asarray(g) for k, g in every.items() if k[1] == "value"}
+    np.testing.assert_array_equal(v["softargmax"], [0.5, 0, 0.5, 0, 0])
+    assert float(v["logsumexp"]) == INF
+    np.testing.assert_allclose(v["log_softargmax"], [-np.log(2), -INF, -np.log(2), -INF, -INF])
+    assert float(v["softargmax_mean"]) == INF
+    for key, g in every.items():
+        if key[1] != "value":
+            assert np.all(np.isfinite(np.asarray(g))), key
 
 
 def test_single_pos_inf_is_one_hot():
@@ -138,15 +152,14 @@ def test_empty_row_is_zero_and_neg_inf_with_zero_gradients(kind, t):
         x, w = jnp.full((3,), -INF), None
     else:
         x, w = jnp.array([1.0, jnp.nan, INF]), jnp.zeros((3,), bool)
-    np.testing.assert_array_equal(js.softargmax(x, t=t, where=w), [0, 0, 0])
-    np.testing.assert_array_equal(js.log_softargmax(x, t=t, where=w), [-INF] * 3)
-    assert float(js.logsumexp(x, t=t, where=w)) == -INF
-    assert float(js.softargmax_mean(x, t=t, where=w)) == -INF
-    for (fname, name), g in _all_derivatives(x, t=t, where=w).items():
-        np.testing.assert_array_equal(np.asarray(g), 0.0, err_msg=f"{fname} {name}")
-    for f in FUNCS:
-        dt = jax.grad(lambda tt: jnp.sum(f(x, t=tt, where=w)))(jnp.float32(t))
-        assert float(dt) == 0.0
+    every = _all_derivatives(x, t=t, where=w)
+    np.testing.assert_array_equal(every["softargmax", "value"], [0, 0, 0])
+    np.testing.assert_array_equal(every["log_softargmax", "value"], [-INF] * 3)
+    assert float(every["logsumexp", "value"]) == -INF
+    assert float(every["softargmax_mean", "value"]) == -INF
+    for (fname, name), g in every.items():
+        if name != "value":  # every derivative, the t-derivative included
+            np.testing.assert_array_equal(np.asarray(g), 0.0, err_msg=f"{fname} {name}")
 
 
 def test_empty_row_does_not_disturb_its_neighbours():
@@ -162,21 +175,27 @@ def test_empty_row_does_not_disturb_its_neighbours():
 
 def test_nan_stays_in_its_row_for_values_and_gradients():
     x = jnp.array([[1.0, jnp.nan, 2.0], [1.0, 2.0, 3.0]])
-    for f in FUNCS:
-        y = f(x)
-        assert bool(jnp.all(jnp.isnan(y[0])))
-        assert not bool(jnp.any(jnp.isnan(y[1])))
-        g = jax.grad(
-            lambda x: (
-                jnp.sum(f(x) * jnp.array([1.0, 0.0])[:, None]) if y.ndim == 2 else jnp.sum(f(x)[0])
+
+    @jax.jit  # one program for every function's value, gradient and Jacobian
+    def run(x):
+        out = {}
+        for f in FUNCS:
+            out[f.__name__] = (
+                f(x),
+                jax.grad(lambda x, f=f: jnp.sum(jnp.moveaxis(f(x), 0, -1)[..., 0]))(x),  # row 0
+                jax.jacrev(f)(x),
             )
-        )(x)
-        assert bool(jnp.any(jnp.isnan(g[0])))
-        assert not bool(jnp.any(jnp.isnan(g[1])))
+        return out
+
+    for name, (y, g, jac) in run(x).items():
+        y, g, jac = np.asarray(y), np.asarray(g), np.asarray(jac)
+        assert np.all(np.isnan(y[0])), name
+        assert not np.any(np.isnan(y[1])), name
+        assert np.any(np.isnan(g[0])), name
+        assert not np.any(np.isnan(g[1])), name
         # Row 1's outputs against row 1's inputs: untouched by the NaN in row 0.
-        jac = np.asarray(jax.jacrev(f)(x))
         block = jac[1, 1] if y.ndim == 1 else jac[1, :, 1, :]
-        assert not np.any(np.isnan(block))
+        assert not np.any(np.isnan(block)), name
 
 
 # --- t = 0 --------------------------------------------------------------------------------------
@@ -184,17 +203,19 @@ def test_nan_stays_in_its_row_for_values_and_gradients():
 
 def test_t_zero_values_and_defined_gradients():
     x = jnp.array([1.0, 4.0, 4.0, -2.0])
-    np.testing.assert_array_equal(js.softargmax(x, t=0.0), [0, 0.5, 0.5, 0])
-    assert float(js.logsumexp(x, t=0.0)) == 4.0
-    assert float(js.softargmax_mean(x, t=0.0)) == 4.0
-    for key, g in _all_derivatives(x, t=0.0).items():
-        assert bool(jnp.all(jnp.isfinite(g))), key
-    for f in FUNCS:
-        dt = jax.grad(lambda t: jnp.sum(f(x, t=t)))(0.0)
-        assert bool(jnp.isfinite(dt))
+    every = _all_derivatives(x, t=0.0)
+    np.testing.assert_array_equal(every["softargmax", "value"], [0, 0.5, 0.5, 0])
+    np.testing.assert_allclose(
+        every["log_softargmax", "value"], [-INF, -np.log(2), -np.log(2), -INF], rtol=1e-7
+    )
+    assert float(every["logsumexp", "value"]) == 4.0
+    assert float(every["softargmax_mean", "value"]) == 4.0
+    for key, g in every.items():  # the t-derivatives ("dt") included
+        if key[1] != "value":
+            assert np.all(np.isfinite(np.asarray(g))), key
     # logsumexp_t ~ max + t log k near t = 0, so its t-derivative at 0 is log k (k = 2 here).
-    np.testing.assert_allclose(jax.grad(lambda t: js.logsumexp(x, t=t))(0.0), np.log(2), rtol=1e-6)
-    np.testing.assert_allclose(jax.grad(lambda x: js.logsumexp(x, t=0.0))(x), [0, 0.5, 0.5, 0])
+    np.testing.assert_allclose(every["logsumexp", "dt"], np.log(2), rtol=1e-6)
+    np.testing.assert_allclose(every["logsumexp", "grad"], [0, 0.5, 0.5, 0])
 
 
 # --- empty axis ---------------------------------------------------------------------------------
@@ -211,20 +232,25 @@ def test_empty_axis():
 # --- masked entries are ignored -----------------------------------------------------------------
 
 
+@jax.jit
+def _values_and_jacobians(x, w):
+    """Every function's value and Jacobian with a mask, one program per kernel for all junk."""
+    return {f.__name__: (f(x, where=w), jax.jacrev(lambda x, f=f: f(x, where=w))(x)) for f in FUNCS}
+
+
 @pytest.mark.parametrize("junk", [np.nan, INF, -INF, 1e30])
 def test_masked_entries_change_nothing(junk):
     base = jnp.array([0.3, -1.0, 2.0, 0.0])
     w = jnp.array([True, True, True, False])
     x = base.at[3].set(junk)
-    for f in FUNCS:
-        a = f(base, where=w)
-        b = f(x, where=w)
-        np.testing.assert_array_equal(a, b)
-        ga = jax.jacrev(lambda x: f(x, where=w))(base)
-        gb = jax.jacrev(lambda x: f(x, where=w))(x)
-        np.testing.assert_array_equal(ga, gb)
-        assert bool(jnp.all(gb[..., 3] == 0))
-    np.testing.assert_allclose(js.softargmax(x, where=w)[:3], jax.nn.softmax(base[:3]), rtol=1e-6)
+    clean, dirty = _values_and_jacobians(base, w), _values_and_jacobians(x, w)
+    for name in clean:
+        (a, ga), (b, gb) = clean[name], dirty[name]
+        np.testing.assert_array_equal(a, b, err_msg=name)
+        np.testing.assert_array_equal(ga, gb, err_msg=name)
+        assert np.all(np.asarray(gb)[..., 3] == 0), name
+    e = np.exp([0.3, -1.0, 2.0])
+    np.testing.assert_allclose(dirty["softargmax"][0][:3], e / e.sum(), rtol=1e-6)
 
 
 def test_where_matches_jax_nn_on_ordinary_inputs():
