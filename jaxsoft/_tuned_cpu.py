@@ -222,7 +222,10 @@ def _soft_params(m: jax.Array, t: jax.Array | None, one: jax.Array):
     if t is None:
         h = 0.5 + 0.5 * below
         return h, b, c, None, 1 + big_power(dtype) * (1 - below)
-    hard = (t == 0).astype(dtype)
+    # 1 on t = 0 rows, else 0, in arithmetic (a compare on a value that meets the max splits the
+    # loop) and times this sum's own 1 (a per-row value two sums share is written as a full-size
+    # broadcast where they are separate loops, see distinct_ones; jax 0.10.2).
+    hard = (1 - jnp.abs(jnp.sign(t))) * one
     soft_below = below * (1 - hard)
     h = 0.5 * one + 0.5 * (below - soft_below)  # 1 on finite t = 0 rows, else 1/2
     c = c * (1 - 0.5 * soft_below)  # max/2 on soft rows, max on t = 0 ones, finfo.max on +inf
@@ -300,9 +303,14 @@ def _soft_stats(x: jax.Array, t: jax.Array | None, one_loop: bool) -> RowStats:
     # value_and_grad a (batch, n) temporary at (4096, 1024) (jax 0.10.2).
     log_total = _rowstats.log_norm(_rowstats.RowStats(m, count, s))
     ms = jnp.maximum(m, -jnp.finfo(dtype).max * one)
-    # A t = 0 row's lse is its max; 0 * s (s = 0 there) keeps a NaN row NaN, which XLA:CPU's max
-    # reduction may have dropped. t * log_total would be 0 * -inf = NaN on an empty row.
-    lse = ms + log_total if t is None else jnp.where(t == 0, m + 0 * s, ms + t * log_total)
+    if t is None:
+        lse = ms + log_total
+    else:
+        # log_total is -inf on an empty row only, and 0 * -inf would be NaN at t = 0: bounded
+        # (NaN second, see capped_gap), times t, added to the raw max, it gives -inf there, the
+        # max on t = 0 rows (NaN on NaN rows) and ms + t * log_total elsewhere. A select here
+        # split the statistics into XLA loops that wrote exp(z) to memory (jax 0.10.2).
+        lse = m + t * jnp.maximum(-jnp.finfo(dtype).max * one, log_total)
     den = total + jnp.finfo(dtype).tiny
     # log_total >= 0 on every row with an entry; 0 instead of -inf on an empty row, so that its
     # log p is -inf - 0; NaN stays NaN (the second operand of the max: see capped_gap).

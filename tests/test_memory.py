@@ -110,3 +110,50 @@ def test_cross_entropy_needs_no_more_temp_memory_than_optax(mode, shape, dtype):
         got, want = _temp_bytes(vag(ours), x, labels), _temp_bytes(vag(ref), x, labels)
     allowed = want + ROW_SLACK_BYTES * shape[0] + CE_CALL_SLACK_BYTES
     assert got <= allowed, f"{got} temp bytes, optax needs {want}"
+
+
+# With a temperature (a traced scalar, as in a training loop): the kernel's t-dependent per-row
+# parameters must not split its loops either. Below and from 4096 rows, where XLA:CPU fuses the
+# row sums differently (jaxsoft._tuned_cpu.fuses_row_sums); jax.nn takes x / t.
+T_FUNCS = {
+    "softargmax": (
+        lambda x, t: js.softargmax(x, t=t),
+        lambda x, t: jax.nn.softmax(x / t, axis=-1),
+        False,
+    ),
+    "log_softargmax": (
+        lambda x, t: js.log_softargmax(x, t=t),
+        lambda x, t: jax.nn.log_softmax(x / t, axis=-1),
+        False,
+    ),
+    "logsumexp": (
+        lambda x, t: js.logsumexp(x, -1, t=t),
+        lambda x, t: t * jax.nn.logsumexp(x / t, axis=-1),
+        True,
+    ),
+    "softargmax_mean": (
+        lambda x, t: js.softargmax_mean(x, t=t),
+        lambda x, t: jnp.sum(x * jax.nn.softmax(x / t, axis=-1), axis=-1),
+        True,
+    ),
+}
+
+
+@pytest.mark.parametrize("shape", [(256, 2048), (4096, 256)])
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("name", list(T_FUNCS))
+def test_with_a_temperature_no_more_temp_memory_than_jax_nn(name, mode, shape):
+    ours, ref, reduces = T_FUNCS[name]
+    x, g = _args(shape, "float32", reduces)
+    t = jax.ShapeDtypeStruct((), jnp.float32)
+    if mode == "forward":
+        got, want = _temp_bytes(ours, x, t), _temp_bytes(ref, x, t)
+    else:
+
+        def vag(f):
+            return jax.value_and_grad(lambda x, t, g: jnp.sum(f(x, t) * g))
+
+        got, want = _temp_bytes(vag(ours), x, t, g), _temp_bytes(vag(ref), x, t, g)
+    assert got <= want + ROW_SLACK_BYTES * shape[0], (
+        f"{got} temp bytes, the reference needs {want} (+{ROW_SLACK_BYTES} B per row allowed)"
+    )
