@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import mpmath
@@ -131,6 +133,8 @@ def test_soft_sample_gradients_check_numerically(x64):
     x = jnp.asarray(LOGITS)
     w = jnp.linspace(-1.0, 2.0, 5)
 
+    # Jitted: check_grads calls f many times, and eagerly each op would compile on its own.
+    @jax.jit
     def f(x, t):
         return jnp.sum(w * gumbel_softargmax(KEY, x, t=t))
 
@@ -143,21 +147,26 @@ def test_jacobians_are_softargmax_at_the_sample_and_straight_through_shares_them
     def sample(x, t, hard=False):
         return gumbel_softargmax(KEY, x, t=t, hard=hard)
 
-    y = np.asarray(sample(x, t))
+    @jax.jit  # the samples and both Jacobians in one compiled program
+    def samples_and_jacobians(x, t):
+        jx, jt = jax.jacfwd(sample, argnums=(0, 1))(x, t)
+        # Straight-through, in reverse mode (the soft sample's reverse mode is check_grads').
+        hx, ht = jax.jacrev(lambda x, t: sample(x, t, True), argnums=(0, 1))(x, t)
+        return sample(x, t), sample(x, t, True), jx, jt, hx, ht
+
+    y, y_hard, jx, jt, hx, ht = samples_and_jacobians(x, t)
+    y = np.asarray(y)
     jx_expected = (np.diag(y) - np.outer(y, y)) / t
     # dy/dt = -y (log y - <y, log y>) / t, as the perturbed logits are t log y up to a constant.
     log_y = np.log(y)
     jt_expected = -y * (log_y - np.dot(y, log_y)) / t
 
-    jx, jt = jax.jacfwd(sample, argnums=(0, 1))(x, t)
     np.testing.assert_allclose(jx, jx_expected, rtol=1e-12, atol=1e-15)
     np.testing.assert_allclose(jt, jt_expected, rtol=1e-10, atol=1e-15)
 
     one_hot = np.zeros(5)
     one_hot[np.argmax(y)] = 1.0
-    np.testing.assert_array_equal(sample(x, t, True), one_hot)
-    # Straight-through, in reverse mode (the soft sample's reverse mode is check_grads' business).
-    hx, ht = jax.jacrev(lambda x, t: sample(x, t, True), argnums=(0, 1))(x, t)
+    np.testing.assert_array_equal(y_hard, one_hot)
     np.testing.assert_allclose(hx, jx_expected, rtol=1e-12, atol=1e-15)
     np.testing.assert_allclose(ht, jt_expected, rtol=1e-10, atol=1e-15)
 
@@ -181,16 +190,23 @@ EDGE_T = np.array([0.5, 0.5, 0.5, 0.5, 0.5, 0.0], np.float32)
 EDGE_W = np.arange(30, dtype=np.float32).reshape(6, 5) / 10
 
 
-@pytest.mark.parametrize("hard", [False, True])
-def test_edge_rows_values_and_gradients(hard):
-    x, t = jnp.asarray(EDGE_LOGITS, jnp.float32), jnp.asarray(EDGE_T)
+@functools.partial(jax.jit, static_argnames="hard")
+def _edge_values_and_gradients(x, t, *, hard):
+    """The samples, the gradients of a weighted sum of them, and the hard samples at t = 1/2."""
 
     def sample(x, t):
         return gumbel_softargmax(KEY, x, t=t, hard=hard, where=EDGE_WHERE)
 
-    y = np.asarray(sample(x, t))
     gx, gt = jax.grad(lambda x, t: jnp.sum(EDGE_W * sample(x, t)), argnums=(0, 1))(x, t)
-    gx, gt = np.asarray(gx), np.asarray(gt)
+    t_half = jnp.full(6, 0.5, jnp.float32)
+    hard_at_half = gumbel_softargmax(KEY, x, t=t_half, hard=True, where=EDGE_WHERE)
+    return sample(x, t), gx, gt, hard_at_half
+
+
+@pytest.mark.parametrize("hard", [False, True])
+def test_edge_rows_values_and_gradients(hard):
+    x, t = jnp.asarray(EDGE_LOGITS, jnp.float32), jnp.asarray(EDGE_T)
+    y, gx, gt, hard_at_half = map(np.asarray, _edge_values_and_gradients(x, t, hard=hard))
     ok = [0, 1, 5]
     assert np.all(np.isfinite(y[ok])) and np.allclose(y[ok].sum(axis=1), 1.0, rtol=1e-6)
     assert np.all(np.isfinite(gx[ok])) and np.all(np.isfinite(gt[ok]))
@@ -204,8 +220,6 @@ def test_edge_rows_values_and_gradients(hard):
     # A NaN that takes part makes its own row NaN, and only that row.
     assert np.all(np.isnan(y[4]))
     # t = 0: the one-hot of the hard sample (the same at any t), with zero gradient in x.
-    t_half = jnp.full(6, 0.5, jnp.float32)
-    hard_at_half = gumbel_softargmax(KEY, x, t=t_half, hard=True, where=EDGE_WHERE)
     np.testing.assert_array_equal(y[5], hard_at_half[5])
     assert set(y[5].tolist()) == {0.0, 1.0}
     np.testing.assert_array_equal(gx[5], 0)

@@ -189,10 +189,11 @@ def _lse_program(check_vma):
 
 
 @jax.jit
-@functools.partial(jax.grad, argnums=(0, 1))
 def _lse_reference(x, t):
+    """The unsharded ``(lse, d(sum lse)/dx, d(sum lse)/dt)``, NaN rows left out of the sum."""
     lse = jaxsoft.logsumexp(x, axis=-1, t=t)
-    return jnp.sum(jnp.where(jnp.isnan(lse), 0, lse))
+    total = lambda x, t: jnp.sum(jnp.where(jnp.isnan(lse), 0, jaxsoft.logsumexp(x, axis=-1, t=t)))
+    return lse, *jax.grad(total, argnums=(0, 1))(x, t)
 
 
 @pytest.mark.parametrize("check_vma", [True, False])
@@ -206,8 +207,8 @@ def test_sharded_logsumexp_matches_logsumexp_values_and_grads(check_vma, t):
     x[5, :32] = 1e30
     val, gx, gt = _lse_program(check_vma)(x, np.float32(t))
 
-    gwant, gtwant = _lse_reference(x, np.float32(t))
-    ref.assert_close(val, jaxsoft.logsumexp(x, axis=-1, t=t), 1e-6, what="lse")
+    want, gwant, gtwant = _lse_reference(x, np.float32(t))
+    ref.assert_close(val, want, 1e-6, what="lse")
     ref.assert_close(gx, gwant, 1e-5, 1e-6, what="lse grad")
     ref.assert_close(gt, gtwant, 1e-5, 1e-5, what="lse dt")
 
@@ -217,23 +218,37 @@ def test_sharded_logsumexp_matches_logsumexp_values_and_grads(check_vma, t):
 # --------------------------------------------------------------------------------------------------
 
 
+def _linear_ce_reference(h, W, b, y, t, smoothing):
+    """The float64 ``(loss, d(sum w loss)/d(h, W, b, t))`` of ``cross_entropy(h @ W + b, y)``,
+    from tests/ce_reference.py (independent of jaxsoft, and no compile)."""
+    h64, W64 = h.astype(np.float64), W.astype(np.float64)
+    loss, gz, dt = ref.cross_entropy_rows(h64 @ W64 + b, y, float(t), smoothing)
+    gz = WTS[:, None] * gz
+    return loss, (gz @ W64.T, h64.T @ gz, gz.sum(0), float(np.sum(WTS * dt)))
+
+
 @pytest.mark.parametrize("check_vma", [True, False])
 def test_sharded_gradients_are_not_divided_by_the_device_count_without_check_vma(check_vma):
     """Defect 1: under check_vma=False the logits' (and W's, bias's) gradient was 1/8 of the
-    true one. Compared with the unsharded losses on the same inputs."""
+    true one. Compared with the float64 reference on the same inputs.
+
+    The sharded programs are those of the 1-D properties above, compiled once for both tests:
+    their smoothing, and for the cross-entropy ignore_index -100 (no label here is ignored)."""
+    smoothing = SMOOTHING["1d", check_vma]
     rng = np.random.default_rng(1)
     x = rng.normal(size=(N, V)).astype(np.float32)
     y = rng.integers(0, V, N).astype(np.int32)
-    _, gx, _ = _ce_program("1d", check_vma, 0.0, None)(x, y, np.float32(0.8))
-    want = jax.grad(lambda a: jnp.sum(WTS * jaxsoft.cross_entropy(a, y, t=0.8)))(x)
+    _, gx, _ = _ce_program("1d", check_vma, smoothing, -100)(x, y, np.float32(0.8))
+    want = WTS[:, None] * ref.cross_entropy_rows(x, y, float(np.float32(0.8)), smoothing)[1]
     np.testing.assert_allclose(gx, want, rtol=1e-5, atol=1e-7)
     h = rng.normal(size=(N, D)).astype(np.float32)
     W = rng.normal(size=(D, V)).astype(np.float32)
     b = rng.normal(size=V).astype(np.float32)
-    _, gh, gW, gb, _ = _lce_program("1d", check_vma, 0.0, None, 3)(h, W, b, y, np.float32(0.8))
-    wh, wW, wb = jax.grad(
-        lambda h, W, b: jnp.sum(WTS * jaxsoft.cross_entropy(h @ W + b, y, t=0.8)), argnums=(0, 1, 2)
-    )(h, W, b)
+    lce_smoothing = 0.25 - smoothing  # as in the linear cross-entropy property
+    _, gh, gW, gb, _ = _lce_program("1d", check_vma, lce_smoothing, None, 3)(
+        h, W, b, y, np.float32(0.8)
+    )
+    _, (wh, wW, wb, _) = _linear_ce_reference(h, W, b, y, np.float32(0.8), lce_smoothing)
     for g, w in ((gh, wh), (gW, wW), (gb, wb)):
         np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6)
 
@@ -241,22 +256,21 @@ def test_sharded_gradients_are_not_divided_by_the_device_count_without_check_vma
 @pytest.mark.parametrize("check_vma", [True, False])
 @pytest.mark.parametrize("chunk", [3, 8])  # several chunks per device, and one
 def test_sharded_linear_cross_entropy_runs_on_a_data_by_vocab_mesh(check_vma, chunk):
-    """Defect 2: h and labels sharded over "d", W over "v" raised (scan carry / dW types)."""
+    """Defect 2: h and labels sharded over "d", W over "v" raised (scan carry / dW types).
+
+    With chunks of 3 the smoothing is that of the 2-D linear cross-entropy property (0 or 0.25),
+    so that both tests share one compiled program; with chunks of 8 it is 0.1."""
+    smoothing = 0.1 if chunk == 8 else 0.25 - SMOOTHING["2d", check_vma]
     rng = np.random.default_rng(2)
     h = rng.normal(size=(N, D)).astype(np.float32)
     W = rng.normal(size=(D, V)).astype(np.float32)
     b = rng.normal(size=V).astype(np.float32)
     y = rng.integers(0, V, N).astype(np.int32)
-    loss, gh, gW, gb, gt = _lce_program("2d", check_vma, 0.1, None, chunk)(
+    loss, gh, gW, gb, gt = _lce_program("2d", check_vma, smoothing, None, chunk)(
         h, W, b, y, np.float32(1.3)
     )
-    f = lambda h, W, b, t: jnp.sum(
-        WTS * jaxsoft.cross_entropy(h @ W + b, y, t=t, label_smoothing=0.1)
-    )
-    want = jax.grad(f, argnums=(0, 1, 2, 3))(h, W, b, 1.3)
-    np.testing.assert_allclose(
-        loss, jaxsoft.cross_entropy(h @ W + b, y, t=1.3, label_smoothing=0.1), rtol=1e-5
-    )
+    want_loss, want = _linear_ce_reference(h, W, b, y, np.float32(1.3), smoothing)
+    np.testing.assert_allclose(loss, want_loss, rtol=1e-5)
     for g, w in zip((gh, gW, gb, gt), want):
         np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6)
 
@@ -267,7 +281,8 @@ def test_sharded_losses_at_t_zero_keep_nan_rows_nan():
     x[1, 5] = np.nan
     y = np.zeros(N, np.int32)
     y[1] = 6
-    loss, _, _ = _ce_program("1d", True, 0.0, None)(x, y, np.float32(0.0))
+    # The program of the 1-D check_vma property (smoothing 0, ignore_index -100; none ignored).
+    loss, _, _ = _ce_program("1d", True, SMOOTHING["1d", True], -100)(x, y, np.float32(0.0))
     assert np.isnan(loss[1]) and np.isnan(jaxsoft.cross_entropy(x, y, t=0.0)[1])
     assert np.all(np.isfinite(np.delete(np.asarray(loss), 1)))
 
