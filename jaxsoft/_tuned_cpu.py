@@ -11,7 +11,7 @@ profiles are in bench/README.md. What it builds on:
   of the loop, so ``x`` is read again, and a bfloat16 ``x`` (converted to float32 by the caller,
   SPEC 7) has its float32 copy written to memory because two fusions read it. ``jax.nn.softmax``
   is a single such loop with no temporary memory. So every op here, per-row ones included, is
-  arithmetic; selects act on the mask, and on per-row values computed after the sums.
+  arithmetic; selects act on the mask only.
 * A :func:`jax.lax.cond` whose operand is the float32 copy of a bfloat16 ``x``, or whose result is
   a full-size float32 array that is then converted to bfloat16, costs that copy too (the previous
   kernel's ``+inf`` check: bfloat16 ``softargmax`` 7-8x ``jax.nn``'s time). ``+inf`` rows are
@@ -268,7 +268,8 @@ def _soft_stats(x: jax.Array, t: jax.Array | None, one_loop: bool) -> RowStats:
     ``sum(e)``); otherwise each computes its own terms (:func:`distinct_ones`), ``count`` without
     an ``exp`` (:func:`is_max`).
 
-    Empty rows (``total = s = count = 0``): ``lse = -finfo.max + t * log1p(-1) = -inf``; ``p``
+    Empty rows (``total = s = count = 0``): ``lse = -finfo.max + log1p(-1) = -inf`` (with ``t``,
+    ``-inf + t * max(-finfo.max, log1p(-1))``, also at ``t = 0``); ``p``
     divides ``exp(-inf) = 0`` by ``total + tiny``; ``log p = -inf - log_den`` with ``log_den`` taken
     as 0 there. ``(m, count, s)`` are :class:`jaxsoft._rowstats.RowStats`, finished by
     :func:`jaxsoft._rowstats.log_norm`, as in the chunked and sharded functions. ``+inf`` rows:
