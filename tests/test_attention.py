@@ -111,10 +111,19 @@ def test_matches_jax_nn_values_and_grads(case):
     def ref(q, k, v, bias):
         return _nn(q, k, v, bias, mask, causal)
 
-    np.testing.assert_allclose(ours(q, k, v, bias), ref(q, k, v, bias), rtol=1e-5, atol=1e-6)
     argnums = (0, 1, 2, 3) if bias is not None else (0, 1, 2)
-    g_ours = jax.jit(jax.grad(_loss(ours, w), argnums))(q, k, v, bias)
-    g_ref = jax.jit(jax.grad(_loss(ref, w), argnums))(q, k, v, bias)
+
+    # Values and gradients of both in one program (one compile per case); plain calls of
+    # attention against jax.nn are the unbatched and causal tests below.
+    @jax.jit
+    def both(q, k, v, bias):
+        return [
+            (fn(q, k, v, bias), jax.grad(_loss(fn, w), argnums)(q, k, v, bias))
+            for fn in (ours, ref)
+        ]
+
+    (out_ours, g_ours), (out_ref, g_ref) = both(q, k, v, bias)
+    np.testing.assert_allclose(out_ours, out_ref, rtol=1e-5, atol=1e-6)
     for a, b in zip(g_ours, g_ref):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
 
@@ -122,7 +131,8 @@ def test_matches_jax_nn_values_and_grads(case):
 def test_unbatched_inputs_and_scale_match_jax_nn():
     q, k, v, _, _ = _inputs(4)
     out, lse = attention(q[0], k[0], v[0], scale=0.3, return_lse=True)
-    ref = jax.nn.dot_product_attention(q[0], k[0], v[0], scale=0.3, implementation="xla")
+    nn = partial(jax.nn.dot_product_attention, scale=0.3, implementation="xla")
+    ref = jax.jit(nn)(q[0], k[0], v[0])
     np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-6)
     assert lse.shape == (T, N)
     np.testing.assert_allclose(lse, _reference(q, k, v, scale=0.3)[1][0], rtol=1e-5)
@@ -136,22 +146,31 @@ def test_unbatched_inputs_and_scale_match_jax_nn():
 @pytest.mark.parametrize("chunk_size", [None, 3])
 def test_fully_masked_row_is_zero_with_zero_grads_and_neg_inf_lse(chunk_size):
     q, k, v, _, mask = _inputs(2)
-    mask = jnp.broadcast_to(mask, (B, N, T, S)).at[0, 1, 2].set(False)  # (b=0, head 1, query 2)
+    # Inputs edited and outputs indexed in NumPy: eager jnp indexing compiles a program per shape.
+    mask = np.broadcast_to(mask, (B, N, T, S)).copy()
+    mask[0, 1, 2] = False  # (b=0, head 1, query 2)
+    mask = jnp.asarray(mask)
 
     def f(q, k, v):
         return attention(q, k, v, mask=mask, chunk_size=chunk_size, return_lse=True)
 
-    out, lse = f(q, k, v)
+    @jax.jit  # the three gradients below in one program (the values stay a plain call)
+    def all_grads(q, k, v):
+        row_grads = [
+            jax.grad(lambda *a, i=which: f(*a)[i][0, 2, 1].sum(), (0, 1, 2))(q, k, v)
+            for which in (0, 1)
+        ]
+        return row_grads, jax.grad(lambda *a: f(*a)[0].sum(), (0, 1, 2))(q, k, v)
+
+    out, lse = (np.asarray(a) for a in f(q, k, v))
+    row_grads, grads = all_grads(q, k, v)
     np.testing.assert_array_equal(out[0, 2, 1], 0)
-    assert lse[0, 2, 1] == -jnp.inf
-    assert np.isfinite(np.asarray(lse)).sum() == lse.size - 1
+    assert lse[0, 2, 1] == -np.inf
+    assert np.isfinite(lse).sum() == lse.size - 1
     # Gradients of that query's output and lse are exactly zero, for every input.
-    for which in (0, 1):
-        grads = _grad(lambda *a: f(*a)[which][0, 2, 1].sum(), (0, 1, 2))(q, k, v)
-        for g in grads:
-            np.testing.assert_array_equal(g, 0)
+    for g in jax.tree.leaves(row_grads):
+        np.testing.assert_array_equal(g, 0)
     # The other queries are untouched by it: the whole loss has finite gradients.
-    grads = _grad(lambda *a: f(*a)[0].sum(), (0, 1, 2))(q, k, v)
     assert all(np.isfinite(np.asarray(g)).all() for g in grads)
 
 
@@ -166,10 +185,12 @@ def test_no_keys_at_all_gives_zero_and_neg_inf():
 def test_jax_nn_gives_the_mean_of_the_values_on_a_fully_masked_row():
     """The difference SPEC 10.2 makes: jax.nn's large finite negative gives a plain average."""
     q, k, v, _, _ = _inputs(4)
-    mask = jnp.ones((1, 1, T, S), bool).at[..., 2, :].set(False)
-    theirs = _nn(q, k, v, mask=mask)[:, 2]
-    np.testing.assert_allclose(theirs, v.mean(axis=1), rtol=1e-5, atol=1e-6)
-    np.testing.assert_array_equal(attention(q, k, v, mask=mask)[:, 2], 0)
+    mask = np.ones((1, 1, T, S), bool)
+    mask[..., 2, :] = False
+    mask = jnp.asarray(mask)
+    theirs = np.asarray(_nn(q, k, v, mask=mask))[:, 2]  # indexed in NumPy: no eager compiles
+    np.testing.assert_allclose(theirs, np.asarray(v, np.float64).mean(axis=1), rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(np.asarray(attention(q, k, v, mask=mask))[:, 2], 0)
 
 
 def test_causal_with_more_keys_than_queries_is_top_left_aligned_like_jax_nn():
@@ -182,8 +203,10 @@ def test_causal_with_more_keys_than_queries_is_top_left_aligned_like_jax_nn():
 @pytest.mark.parametrize("chunk_size", [None, 4])
 def test_neg_inf_bias_is_a_mask(chunk_size):
     q, k, v, bias, mask = _inputs(2)
-    mask = jnp.broadcast_to(mask, bias.shape).at[1, 0, 4].set(False)
-    masked_bias = jnp.where(mask, bias, -jnp.inf)
+    mask = np.broadcast_to(mask, bias.shape).copy()  # edited in NumPy: no eager compiles
+    mask[1, 0, 4] = False
+    masked_bias = jnp.asarray(np.where(mask, bias, -np.inf))
+    mask = jnp.asarray(mask)
 
     def with_bias(q, k, v, b):
         return attention(q, k, v, bias=b, chunk_size=chunk_size)
@@ -192,8 +215,14 @@ def test_neg_inf_bias_is_a_mask(chunk_size):
         return attention(q, k, v, bias=b, mask=mask, chunk_size=chunk_size)
 
     np.testing.assert_allclose(with_bias(q, k, v, masked_bias), with_mask(q, k, v, bias), atol=1e-6)
-    g1 = _grad(lambda *a: with_bias(*a).sum(), (0, 1, 2, 3))(q, k, v, masked_bias)
-    g2 = _grad(lambda *a: with_mask(*a).sum(), (0, 1, 2, 3))(q, k, v, bias)
+
+    @jax.jit  # both gradients in one program (the values above stay plain calls)
+    def both_grads(q, k, v, bias, masked_bias):
+        g1 = jax.grad(lambda *a: with_bias(*a).sum(), (0, 1, 2, 3))(q, k, v, masked_bias)
+        g2 = jax.grad(lambda *a: with_mask(*a).sum(), (0, 1, 2, 3))(q, k, v, bias)
+        return g1, g2
+
+    g1, g2 = both_grads(q, k, v, bias, masked_bias)
     for a, b in zip(g1[:3], g2[:3]):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
     np.testing.assert_array_equal(np.where(mask, 0, g1[3]), 0)  # no gradient into -inf bias
@@ -204,11 +233,16 @@ def test_nan_stays_in_its_row_on_long_rows(chunk_size):
     # 4100 keys: XLA:CPU's fused max drops NaN on rows this long; the row must stay NaN anyway.
     n_keys = 4100
     q, k, v, _, _ = _inputs(1, s=n_keys, n=1, h=4)
-    q = q.at[0, 1, 0, 0].set(jnp.nan)
-    bias = jnp.zeros((B, 1, T, n_keys)).at[1, 0, 3, 17].set(jnp.nan)
-    bias = bias.at[0, 0, 3, 9].set(jnp.inf)  # +inf is not a weight: NaN, on its row only
-    bias = bias.at[1, 0, 2, 5].set(jnp.nan)  # ...but a NaN in a masked entry changes nothing
-    mask = jnp.ones((B, 1, T, n_keys), bool).at[1, 0, 2, 5].set(False)
+    # Edited in NumPy: an eager .at[].set on each of these shapes would be a compile of its own.
+    q = np.array(q)
+    q[0, 1, 0, 0] = np.nan
+    bias = np.zeros((B, 1, T, n_keys), np.float32)
+    bias[1, 0, 3, 17] = np.nan
+    bias[0, 0, 3, 9] = np.inf  # +inf is not a weight: NaN, on its row only
+    bias[1, 0, 2, 5] = np.nan  # ...but a NaN in a masked entry changes nothing
+    mask = np.ones((B, 1, T, n_keys), bool)
+    mask[1, 0, 2, 5] = False
+    q, bias, mask = jnp.asarray(q), jnp.asarray(bias), jnp.asarray(mask)
     out, lse = attention(q, k, v, bias=bias, mask=mask, chunk_size=chunk_size, return_lse=True)
     bad = np.zeros((B, T), bool)
     bad[0, 1] = bad[1, 3] = bad[0, 3] = True
@@ -226,13 +260,15 @@ def test_nan_stays_in_its_row_on_long_rows(chunk_size):
 @pytest.mark.parametrize("cap", [None, 1.5])
 @pytest.mark.parametrize("chunk_size", [None, 3])
 def test_t_and_softcap_match_float64_reference(cap, chunk_size):
-    q, k, v, bias, mask = _inputs(2)
+    # Edited in NumPy (an eager .at[].set compiles a program per shape).
+    q, k, v, bias, mask = (np.array(a) for a in _inputs(2))
     # Ties for hard attention: keys 0 and 1 equal (key, bias, mask), and query 1 of every head
     # (which sees both, causally) scoring them highest.
-    k = k.at[:, 1].set(k[:, 0])
-    q = q.at[:, 1].set(3.0 * jnp.repeat(k[:, 0], N // 2, axis=1))
-    bias = bias.at[..., 1, 1].set(bias[..., 1, 0])
-    mask = mask.at[..., 1, :2].set(True)
+    k[:, 1] = k[:, 0]
+    q[:, 1] = 3.0 * np.repeat(k[:, 0], N // 2, axis=1)
+    bias[..., 1, 1] = bias[..., 1, 0]
+    mask[..., 1, :2] = True
+    q, k, v, bias, mask = (jnp.asarray(a) for a in (q, k, v, bias, mask))
     per_row = np.linspace(0.0, 2.0, B * T * N).reshape(B, T, N)
     for t in (0.5, 3.0, 0.0, per_row):  # scalars share one compilation (t is traced)
         out, lse = attention(
@@ -253,12 +289,12 @@ def test_t_and_softcap_match_float64_reference(cap, chunk_size):
 
 
 def test_hard_attention_averages_tied_keys():
-    v = jnp.array([[1.0], [3.0], [100.0]])[None, :, None, :]  # (1, S=3, 1, 1)
-    k = jnp.array([[1.0], [1.0], [0.5]])[None, :, None, :]
+    v = jnp.asarray(np.array([1.0, 3.0, 100.0], np.float32).reshape(1, 3, 1, 1))  # (1, S, 1, 1)
+    k = jnp.asarray(np.array([1.0, 1.0, 0.5], np.float32).reshape(1, 3, 1, 1))
     q = jnp.ones((1, 1, 1, 1))
     for chunk_size in (None, 1, 2):
         out = attention(q, k, v, t=0.0, chunk_size=chunk_size)
-        np.testing.assert_array_equal(out[0, 0, 0], [2.0])
+        np.testing.assert_array_equal(np.asarray(out)[0, 0, 0], [2.0])
 
 
 # --------------------------------------------------------------------------------------------------
@@ -292,12 +328,21 @@ def test_chunked_matches_unchunked_values_and_grads():
         out, lse = f(*a, chunk)
         return jnp.vdot(out, w) + 0.3 * jnp.sum(lse)
 
-    dense = f(*args, None)
-    grads_dense = _grad(partial(loss, chunk=None), tuple(range(5)))(*args)
-    for chunk_size in (1, 3):  # 7 chunks of 1 key; 3 chunks of 3 for 7 keys, the last padded
-        for a, b in zip(dense, f(*args, chunk_size)):
+    # 7 chunks of 1 key; 3 chunks of 3 for 7 keys, the last padded. Values and gradients of the
+    # three paths in one program (plain chunked calls: test_t_and_softcap_match_float64_reference).
+    chunk_sizes = (None, 1, 3)
+
+    @jax.jit
+    def values_and_grads(*args):
+        return [
+            (f(*args, c), jax.grad(partial(loss, chunk=c), tuple(range(5)))(*args))
+            for c in chunk_sizes
+        ]
+
+    (dense, grads_dense), *chunked = values_and_grads(*args)
+    for values, grads in chunked:
+        for a, b in zip(dense, values):
             np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
-        grads = _grad(partial(loss, chunk=chunk_size), tuple(range(5)))(*args)
         for a, b in zip(grads_dense, grads):
             np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-5)
 
@@ -310,8 +355,11 @@ def test_chunked_grads_with_a_bias_constant_along_the_keys():
     def loss(q, k, v, kb, chunk):
         return jnp.vdot(attention(q, k, v, bias=kb, chunk_size=chunk), w)
 
-    gd = _grad(partial(loss, chunk=None), (0, 1, 2, 3))(q, k, v, key_bias)
-    gc = _grad(partial(loss, chunk=2), (0, 1, 2, 3))(q, k, v, key_bias)
+    @jax.jit  # both gradients in one program
+    def grads(*args):
+        return [jax.grad(partial(loss, chunk=c), (0, 1, 2, 3))(*args) for c in (None, 2)]
+
+    gd, gc = grads(q, k, v, key_bias)
     for a, b in zip(gd, gc):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
 
@@ -356,32 +404,37 @@ def test_merge_of_two_key_halves_equals_whole(chunk_size):
     mask = jnp.broadcast_to(mask, bias.shape)
     split = 3
 
-    def part(sl):
+    w = _normal(6, q.shape)
+
+    def part(q, sl, chunk):
         return attention(
             q,
             k[:, sl],
             v[:, sl],
             bias=bias[..., sl],
             mask=mask[..., sl],
-            chunk_size=chunk_size,
+            chunk_size=chunk,
             return_lse=True,
         )
 
-    a, b = part(slice(0, split)), part(slice(split, None))
-    out, lse = merge_attention(*a, *b)
-    whole_out, whole_lse = attention(q, k, v, bias=bias, mask=mask, return_lse=True)
-    np.testing.assert_allclose(out, whole_out, rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(lse, whole_lse, rtol=1e-5, atol=1e-6)
-    # Differentiable end to end: the merged gradient is the whole one.
-    w = _normal(6, q.shape)
-
     def merged_loss(q):
+        # Differentiable end to end: the merged gradient is the whole one.
         pa = attention(q, k[:, :split], v[:, :split], bias=bias[..., :split], return_lse=True)
         pb = attention(q, k[:, split:], v[:, split:], bias=bias[..., split:], return_lse=True)
         return jnp.vdot(merge_attention(*pa, *pb)[0], w)
 
-    g = _grad(merged_loss)(q)
-    g_whole = _grad(lambda q: jnp.vdot(attention(q, k, v, bias=bias), w))(q)
+    # The parts, their merge, the whole and both gradients in one program (plain calls of
+    # merge_attention: the tests below).
+    @jax.jit
+    def run(q):
+        a, b = part(q, slice(0, split), chunk_size), part(q, slice(split, None), chunk_size)
+        whole = attention(q, k, v, bias=bias, mask=mask, return_lse=True)
+        g_whole = jax.grad(lambda q: jnp.vdot(attention(q, k, v, bias=bias), w))(q)
+        return merge_attention(*a, *b), whole, jax.grad(merged_loss)(q), g_whole
+
+    (out, lse), (whole_out, whole_lse), g, g_whole = run(q)
+    np.testing.assert_allclose(out, whole_out, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(lse, whole_lse, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(g, g_whole, rtol=1e-4, atol=1e-5)
 
 

@@ -7,6 +7,7 @@ many fixed keys), log-probabilities in float64 NumPy.
 
 from __future__ import annotations
 
+import functools
 from functools import partial
 
 import jax
@@ -274,11 +275,21 @@ def _expected(x, t, k, tp, mp, w, filters=True):
 KEYS = jax.random.split(jax.random.key(2024), DRAWS)
 
 
+@functools.cache
+def _case_counts(seed, dtype, filters):
+    """Counts of the DRAWS draws per row of _case(seed, dtype), shared by the tests that need them
+    (the draws are a pure function of these arguments; each set is drawn once per process)."""
+    x, t, k, tp, mp, w = _case(seed, dtype)
+    idx = _draw_many(KEYS, jnp.asarray(x), t, k, tp, mp, w, filters=filters)
+    counts = _counts(idx, N)
+    counts.flags.writeable = False
+    return counts
+
+
 @pytest.mark.parametrize("dtype", [np.float32, jnp.bfloat16])
 def test_sample_fits_filtered_softargmax(dtype):
     x, t, k, tp, mp, w = _case(0, dtype)
-    idx = _draw_many(KEYS, jnp.asarray(x), t, k, tp, mp, w)
-    counts = _counts(idx, N)
+    counts = _case_counts(0, dtype, True)
     p = _expected(x, t, k, tp, mp, w)
     pvals = [_chi2_pvalue(counts[r], p[r]) for r in range(ROWS)]
     assert min(pvals) > 1e-4, pvals
@@ -289,8 +300,7 @@ def test_sample_fits_filtered_softargmax(dtype):
 
 def test_sample_fits_softargmax_without_filters():
     x, t, k, tp, mp, w = _case(1)
-    idx = _draw_many(KEYS, jnp.asarray(x), t, k, tp, mp, w, filters=False)
-    counts = _counts(idx, N)
+    counts = _case_counts(1, np.float32, False)
     p = _expected(x, t, k, tp, mp, w, filters=False)
     pvals = [_chi2_pvalue(counts[r], p[r]) for r in range(ROWS)]
     assert min(pvals) > 1e-4, pvals
@@ -298,11 +308,10 @@ def test_sample_fits_softargmax_without_filters():
 
 def test_chi_square_check_rejects_a_wrong_distribution():
     x, t, k, tp, mp, w = _case(0)
-    idx = _draw_many(KEYS, jnp.asarray(x), t, k, tp, mp, w)
-    counts = _counts(idx, N)
+    counts = _case_counts(0, np.float32, True)
     p = _expected(x, t, k, tp, mp, w)
     # Unfiltered draws against the filtered distribution: a draw outside the kept set is caught.
-    plain = _counts(_draw_many(KEYS, jnp.asarray(x), t, k, tp, mp, w, filters=False), N)
+    plain = _case_counts(0, np.float32, False)
     with pytest.raises(AssertionError, match="outside the kept set"):
         _chi2_pvalue(plain[3], p[3])
     # A wrong temperature (row 1, t = 1 against t = 1.25) and a 10% reweighting are rejected.
