@@ -224,7 +224,8 @@ def _soft_params(m: jax.Array, t: jax.Array | None, one: jax.Array):
         return h, b, c, None, 1 + big_power(dtype) * (1 - below)
     # 1 on t = 0 rows, else 0, in arithmetic (a compare on a value that meets the max splits the
     # loop) and times this sum's own 1 (a per-row value two sums share is written as a full-size
-    # broadcast where they are separate loops, see distinct_ones; jax 0.10.2).
+    # broadcast where they are separate loops, see distinct_ones; jax 0.10.2). Being data, the 1
+    # also keeps XLA from folding hard_scale's (z * k) * k into z * inf when t is a constant.
     hard = (1 - jnp.abs(jnp.sign(t))) * one
     soft_below = below * (1 - hard)
     h = 0.5 * one + 0.5 * (below - soft_below)  # 1 on finite t = 0 rows, else 1/2

@@ -218,6 +218,16 @@ def test_t_zero_values_and_defined_gradients():
     np.testing.assert_allclose(every["logsumexp", "grad"], [0, 0.5, 0.5, 0])
 
 
+@pytest.mark.parametrize("t", [0.0, 0.5])
+def test_a_constant_temperature_under_jit_gives_the_eager_values(t):
+    # With t a compile-time constant XLA folds what it can: a t = 0 scale factor of 2^127 applied
+    # twice once became z * (2^127)^2 = z * inf, NaN on every maximum (found by H10).
+    x = jnp.array([[0.5, 2.0, 2.0, -1.0], [3.0, -INF, 1.0, 0.0], [-INF] * 4, [INF, 1.0, INF, 0.0]])
+    for f in FUNCS:
+        jitted = jax.jit(lambda x, f=f: f(x, t=t))(x)
+        np.testing.assert_array_equal(jitted, f(x, t=jnp.float32(t)), err_msg=f.__name__)
+
+
 # --- empty axis ---------------------------------------------------------------------------------
 
 

@@ -160,9 +160,24 @@ def test_fused_matches_dense_float64_values_and_gradients(x64, func, case):
     def fused(p, t):
         return _fused(func, p, tokens, t, where, cap, layout, chunk)
 
-    argnums = (0, 1) if isinstance(t, jax.Array) else 0
-    v_fused, g_fused = jax.value_and_grad(partial(loss, fused), argnums=argnums)(params, t)
-    v_dense, g_dense = jax.value_and_grad(partial(loss, dense), argnums=argnums)(params, t)
+    # One jitted program for both sides (eager, each op and each scan would compile on its own).
+    # A Python t = 1.0 stays a Python number, as a caller's would (the t-free path).
+    if isinstance(t, jax.Array):
+
+        @jax.jit
+        def both(params, t):
+            grad = partial(jax.value_and_grad, argnums=(0, 1))
+            return grad(partial(loss, fused))(params, t), grad(partial(loss, dense))(params, t)
+
+        (v_fused, g_fused), (v_dense, g_dense) = both(params, t)
+    else:
+
+        @jax.jit
+        def both_t1(params):
+            grad = jax.value_and_grad
+            return grad(partial(loss, fused))(params, t), grad(partial(loss, dense))(params, t)
+
+        (v_fused, g_fused), (v_dense, g_dense) = both_t1(params)
     np.testing.assert_allclose(v_fused, v_dense, rtol=1e-12)
     for a, b in zip(jax.tree.leaves(g_fused), jax.tree.leaves(g_dense), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
@@ -184,7 +199,8 @@ def test_fused_gradients_pass_check_grads(x64, func):
         def f(h, W, b):
             return linear_kl_divergence(h, W, th * 0.5, tW.T, bias=b, target_bias=tb, **kw)
 
-    check_grads(f, (h, W.T, b), order=1, modes=("rev",), atol=1e-6, rtol=1e-6)
+    # jitted: eagerly, every scan of the forward and backward passes compiles on its own.
+    check_grads(jax.jit(f), (h, W.T, b), order=1, modes=("rev",), atol=1e-6, rtol=1e-6)
 
 
 def _np_log_probs(x, t):
@@ -200,21 +216,29 @@ def _np_log_probs(x, t):
 
 def test_log_probs_and_entropy_at_the_edges_of_spec_6():
     """-inf bias, a masked token, a fully masked row, t = 0, a NaN row: values and gradients."""
+    # NumPy inputs and outputs: each eager jnp op on a new shape would compile a program.
     inp = _inputs(4, dtype=np.float32)
-    h, W = inp["h"].reshape(N, D), inp["W"]
-    b = inp["b"].at[3].set(-jnp.inf)  # token 3 removed everywhere
-    tokens = jnp.array([0, 5, 1, 2, 4, 3])  # row 5: the -inf token
-    where = jnp.ones((N, V), bool).at[1, 5].set(False).at[2].set(False)
-    t = jnp.array([1.0, 0.8, 1.0, 0.0, 1.0, 1.3])
-    h = h.at[4, 1].set(jnp.nan)
+    h, W, b = np.array(inp["h"]).reshape(N, D), np.asarray(inp["W"]), np.array(inp["b"])
+    b[3] = -np.inf  # token 3 removed everywhere
+    tokens = np.array([0, 5, 1, 2, 4, 3], np.int32)  # row 5: the -inf token
+    where = np.ones((N, V), bool)
+    where[1, 5] = where[2] = False
+    t = np.array([1.0, 0.8, 1.0, 0.0, 1.0, 1.3], np.float32)
+    h[4, 1] = np.nan
 
     def f(h, W, b, t):
         return linear_log_probs(
             h, W, tokens, bias=b, t=t, where=where, chunk_size=4, return_entropy=True
         )
 
-    (lp, ent), vjp = jax.vjp(f, h, W, b, t)
-    x = np.asarray(h, np.float64) @ np.asarray(W, np.float64) + np.asarray(b, np.float64)
+    @jax.jit
+    def run(h, W, b, t):
+        (lp, ent), vjp = jax.vjp(f, h, W, b, t)
+        # Both outputs' cotangents, then the entropy's alone (for the rows whose lp is -inf).
+        return lp, ent, vjp((jnp.ones(N), jnp.ones(N))), vjp((jnp.zeros(N), jnp.ones(N)))[0]
+
+    lp, ent, (dh, dW, db, dt), dh_ent = jax.tree.map(np.asarray, run(h, W, b, t))
+    x = h.astype(np.float64) @ W.astype(np.float64) + b.astype(np.float64)
     for i in range(N):
         if i == 4:
             assert np.isnan(lp[i]) and np.isnan(ent[i])
@@ -230,7 +254,6 @@ def test_log_probs_and_entropy_at_the_edges_of_spec_6():
         want_lp = lps[np.cumsum(keep)[col] - 1] if keep[col] else -np.inf
         np.testing.assert_allclose(lp[i], want_lp, rtol=2e-6)
         np.testing.assert_allclose(ent[i], want_ent, rtol=2e-6, atol=1e-7)
-    dh, dW, db, dt = vjp((jnp.ones(N), jnp.ones(N)))
     assert np.isnan(dh[4]).all() and np.isfinite(np.delete(np.asarray(dh), 4, 0)).all()
     np.testing.assert_array_equal(dh[2], 0)  # fully masked row
     np.testing.assert_array_equal(dh[3], 0)  # t = 0
@@ -238,9 +261,8 @@ def test_log_probs_and_entropy_at_the_edges_of_spec_6():
     assert np.isnan(db).all() and np.isnan(dW).all()
     assert np.isfinite(np.asarray(dt)[[0, 1, 2, 3, 5]]).all() and dt[3] == 0 and np.isnan(dt[4])
     # Row 1 (token masked: lp = -inf) keeps the entropy's gradient only; row 5 likewise.
-    _, vjp_ent = jax.vjp(lambda h: f(h, W, b, t)[1], h)
-    np.testing.assert_allclose(dh[1], vjp_ent(jnp.ones(N))[0][1], rtol=1e-6)
-    np.testing.assert_allclose(dh[5], vjp_ent(jnp.ones(N))[0][5], rtol=1e-6)
+    np.testing.assert_allclose(dh[1], dh_ent[1], rtol=1e-6)
+    np.testing.assert_allclose(dh[5], dh_ent[5], rtol=1e-6)
 
 
 def _np_kl(x, y, t, keep):
@@ -253,42 +275,52 @@ def _np_kl(x, y, t, keep):
 
 def test_kl_at_the_edges_of_spec_6_takes_the_exact_path():
     """A teacher -inf under a finite student logit, t = 0, a NaN row, a fully masked row."""
+    # NumPy inputs and outputs: each eager jnp op on a new shape would compile a program.
     inp = _inputs(5, dtype=np.float32)
-    h, W, th, tW = (inp[k].reshape(-1, inp[k].shape[-1]) for k in ("h", "W", "th", "tW"))
-    tb = inp["tb"].at[3].set(-jnp.inf)
-    where = jnp.ones((N, V), bool).at[2].set(False)
-    t = jnp.array([1.0, 0.7, 1.0, 0.0, 1.0, 1.3])
-    h = h.at[4, 0].set(jnp.nan)
+    h, W, th, tW = (np.array(inp[k]).reshape(-1, inp[k].shape[-1]) for k in ("h", "W", "th", "tW"))
+    tb = np.array(inp["tb"])
+    tb[3] = -np.inf
+    where = np.ones((N, V), bool)
+    where[2] = False
+    t = np.array([1.0, 0.7, 1.0, 0.0, 1.0, 1.3], np.float32)
+    h[4, 0] = np.nan
 
     def f(h, W, t):
         return linear_kl_divergence(h, W, th, tW, target_bias=tb, t=t, where=where, chunk_size=4)
 
-    kl, vjp = jax.vjp(f, h, W, t)
-    x = np.asarray(h, np.float64) @ np.asarray(W, np.float64)
-    y = np.asarray(th, np.float64) @ np.asarray(tW, np.float64) + np.asarray(tb, np.float64)
+    @jax.jit
+    def run(h, W, t):
+        kl, vjp = jax.vjp(f, h, W, t)
+        dh, _, dt = vjp(jnp.ones(N))
+        # The regular rows' gradients from the dense function (float32).
+        dense = jax.grad(
+            lambda h: jnp.sum(
+                jaxsoft.kl_divergence(h @ W, th @ tW + tb, t=t, where=where)[jnp.array([0, 1, 5])]
+            )
+        )(h)
+        return kl, dh, dt, dense
+
+    kl, dh, dt, dense = jax.tree.map(np.asarray, run(h, W, t))
+    x = h.astype(np.float64) @ W.astype(np.float64)
+    y = th.astype(np.float64) @ tW.astype(np.float64) + tb.astype(np.float64)
     for i in (0, 1, 3, 5):
         want = _np_kl(x[i], y[i], float(t[i]), np.ones(V, bool))
         np.testing.assert_allclose(kl[i], want, rtol=1e-5)
     assert kl[2] == 0 and np.isnan(kl[4])
-    dh, _, dt = vjp(jnp.ones(N))
-    dh = np.asarray(dh)
     np.testing.assert_array_equal(dh[[2, 3]], 0)
     assert np.isnan(dh[4]).all() and np.isfinite(dh[[0, 1, 5]]).all() and dt[3] == 0
     # The regular rows' gradients equal the dense function's (float32).
-    dense = jax.grad(
-        lambda h: jnp.sum(
-            jaxsoft.kl_divergence(h @ W, th @ tW + tb, t=t, where=where)[jnp.array([0, 1, 5])]
-        )
-    )(h)
-    np.testing.assert_allclose(dh[[0, 1, 5]], np.asarray(dense)[[0, 1, 5]], rtol=2e-5, atol=1e-6)
+    np.testing.assert_allclose(dh[[0, 1, 5]], dense[[0, 1, 5]], rtol=2e-5, atol=1e-6)
 
 
 def test_kl_is_inf_with_zero_gradients_where_the_student_cannot_produce_a_teacher_token():
     inp = _inputs(6, dtype=np.float32)
     h, W = inp["h"], inp["W"]
     b = jnp.zeros(V).at[7].set(-jnp.inf)
-    kl, grads = jax.value_and_grad(
-        lambda h, W: linear_kl_divergence(h, W, inp["th"], inp["tW"], bias=b).sum(), (0, 1)
+    kl, grads = jax.jit(
+        jax.value_and_grad(
+            lambda h, W: linear_kl_divergence(h, W, inp["th"], inp["tW"], bias=b).sum(), (0, 1)
+        )
     )(h, W)
     assert kl == jnp.inf
     for g in grads:
@@ -307,15 +339,22 @@ def test_kl_is_inf_at_zero_temperature_when_the_student_row_is_empty():
 def test_bf16_inputs_accumulate_in_float32():
     inp = _inputs(7, dtype=np.float32)
     h, W, th, tW = (inp[k].astype(jnp.bfloat16) for k in ("h", "W", "th", "tW"))
-    lp, ent = linear_log_probs(h, W, inp["tokens"], chunk_size=4, return_entropy=True)
-    kl = linear_kl_divergence(h, W, th, tW, chunk_size=4)
+    tokens = inp["tokens"]
+
+    @jax.jit
+    def run(h, W, th, tW):
+        lp, ent = linear_log_probs(h, W, tokens, chunk_size=4, return_entropy=True)
+        kl = linear_kl_divergence(h, W, th, tW, chunk_size=4)
+        f32 = partial(jnp.asarray, dtype=jnp.float32)
+        x, y = f32(h) @ f32(W), f32(th) @ f32(tW)
+        want_lp = jnp.take_along_axis(jaxsoft.log_softargmax(x), tokens[..., None], -1)[..., 0]
+        return (lp, ent, kl), (want_lp, jaxsoft.entropy(x), jaxsoft.kl_divergence(x, y))
+
+    (lp, ent, kl), (want_lp, want_ent, want_kl) = run(h, W, th, tW)
     assert lp.dtype == ent.dtype == kl.dtype == jnp.bfloat16
-    f32 = partial(jnp.asarray, dtype=jnp.float32)
-    x, y = f32(h) @ f32(W), f32(th) @ f32(tW)
-    want_lp = jnp.take_along_axis(jaxsoft.log_softargmax(x), inp["tokens"][..., None], -1)[..., 0]
-    np.testing.assert_allclose(f32(lp), want_lp, rtol=8e-3)
-    np.testing.assert_allclose(f32(ent), jaxsoft.entropy(x), rtol=8e-3)
-    np.testing.assert_allclose(f32(kl), jaxsoft.kl_divergence(x, y), rtol=8e-3)
+    np.testing.assert_allclose(np.float32(lp), want_lp, rtol=8e-3)
+    np.testing.assert_allclose(np.float32(ent), want_ent, rtol=8e-3)
+    np.testing.assert_allclose(np.float32(kl), want_kl, rtol=8e-3)
 
 
 def test_near_one_hot_row_keeps_log_prob_and_entropy_digits():
@@ -334,14 +373,21 @@ def test_kl_of_nearly_equal_heads_is_accurate_to_1e_4_relative():
     x = rng.normal(size=1000).astype(np.float32) * 2
     y = (x + rng.normal(size=1000).astype(np.float32) * 1.5e-5).astype(np.float32)
     h = jnp.ones((1, 1), jnp.float32)
-    kl = linear_kl_divergence(h, jnp.asarray(x)[None], h, jnp.asarray(y)[None], chunk_size=128)
+
+    # jitted with the textbook float32 sum below: one program, not one per eager op
+    @jax.jit
+    def run(x, y):
+        kl = linear_kl_divergence(h, x[None], h, y[None], chunk_size=128)
+        naive = jnp.sum(jax.nn.softmax(y) * (jax.nn.log_softmax(y) - jax.nn.log_softmax(x)))
+        return kl, naive
+
+    kl, naive = run(jnp.asarray(x), jnp.asarray(y))
     x64_, y64 = x.astype(np.float64), y.astype(np.float64)
     lp = x64_ - np.log(np.sum(np.exp(x64_ - x64_.max()))) - x64_.max()
     lq = y64 - np.log(np.sum(np.exp(y64 - y64.max()))) - y64.max()
     want = np.sum(np.exp(lq) * (lq - lp))
     assert 1e-11 < want < 1e-9
     np.testing.assert_allclose(float(kl[0]), want, rtol=1e-4)
-    naive = jnp.sum(jax.nn.softmax(y) * (jax.nn.log_softmax(y) - jax.nn.log_softmax(x)))
     assert abs(float(naive) - want) > 1e-3 * want  # the textbook sum in float32 is far off
 
 
@@ -378,7 +424,6 @@ def test_bad_arguments_raise_clear_errors(call, match):
 # --------------------------------------------------------------------------------------------------
 
 SV = 16  # divisible by 8; two local entries per device on the 1-D mesh, chunks of 3 do not divide
-LAYOUTS = [("1d", True), ("1d", False), ("2d", True), ("2d", False)]
 
 
 def _mesh(kind):
@@ -426,14 +471,19 @@ def unsharded_reference():
         )
 
     args = (inp["h"], inp["W"].T, inp["b"], inp["th"], inp["tW"].T, inp["t_row"])
-    grads, outs = jax.grad(
-        lambda *a: (_loss_of(out := f(*a)), out), argnums=(0, 1, 2, 3, 4, 5), has_aux=True
+    grads, outs = jax.jit(
+        jax.grad(lambda *a: (_loss_of(out := f(*a)), out), argnums=(0, 1, 2, 3, 4, 5), has_aux=True)
     )(*args)
     return inp, where, args, outs, grads
 
 
-@pytest.mark.parametrize("kind, check_vma", LAYOUTS, ids=[f"{k}-vma={c}" for k, c in LAYOUTS])
-def test_sharded_twins_match_unsharded_values_and_gradients(unsharded_reference, kind, check_vma):
+@pytest.mark.parametrize("kind", ["1d", "2d"])
+def test_sharded_twins_match_unsharded_values_and_gradients(unsharded_reference, kind):
+    """Values and gradients on each mesh, with check_vma True and with check_vma False.
+
+    Both check_vma settings in one jitted program: XLA merges their near-identical computations,
+    so the pair compiles in about the time of one.
+    """
     inp, where, args, want, want_grads = unsharded_reference
     rows = P() if kind == "1d" else P("d")
     rows2 = P() if kind == "1d" else P("d", None)
@@ -452,24 +502,30 @@ def test_sharded_twins_match_unsharded_values_and_gradients(unsharded_reference,
             dict(bias_local=b, where_local=where),
         )
 
-    f = jax.shard_map(
-        local,
-        mesh=_mesh(kind),
-        in_specs=(rows2, P("v", None), P("v"), rows2, P("v", None), rows, rows, P("v")),
-        out_specs=(rows, rows, rows, rows),
-        check_vma=check_vma,
-    )
+    def grad_of(check_vma):
+        f = jax.shard_map(
+            local,
+            mesh=_mesh(kind),
+            in_specs=(rows2, P("v", None), P("v"), rows2, P("v", None), rows, rows, P("v")),
+            out_specs=(rows, rows, rows, rows),
+            check_vma=check_vma,
+        )
 
-    def g(h, W, b, th, tW, t):
-        return f(h, W, b, th, tW, t, inp["tokens"], where)
+        def g(h, W, b, th, tW, t):
+            return f(h, W, b, th, tW, t, inp["tokens"], where)
 
-    grads, got = jax.jit(
-        jax.grad(lambda *a: (_loss_of(out := g(*a)), out), argnums=(0, 1, 2, 3, 4, 5), has_aux=True)
-    )(*args)
-    for a, b in zip(got, want, strict=True):
-        np.testing.assert_allclose(a, b, rtol=2e-5, atol=1e-6)
-    for a, b in zip(grads, want_grads, strict=True):
-        np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-6)
+        return jax.grad(
+            lambda *a: (_loss_of(out := g(*a)), out), argnums=(0, 1, 2, 3, 4, 5), has_aux=True
+        )
+
+    vma_settings = (True, False)
+    results = jax.jit(lambda *a: [grad_of(c)(*a) for c in vma_settings])(*args)
+    for check_vma, (grads, got) in zip(vma_settings, results, strict=True):
+        msg = f"{kind} check_vma={check_vma}"
+        for a, b in zip(got, want, strict=True):
+            np.testing.assert_allclose(a, b, rtol=2e-5, atol=1e-6, err_msg=msg)
+        for a, b in zip(grads, want_grads, strict=True):
+            np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-6, err_msg=msg)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -140,16 +140,19 @@ def test_lm_options_bf16_logits_accumulate_in_float32():
 
 
 def test_softcap_keeps_minus_inf_as_padding_and_caps_plus_inf():
-    x = jnp.array([[2.0, -INF, 100.0], [INF, 0.0, -INF]])
-    loss, lse = cross_entropy(x, jnp.array([2, 0]), logit_softcap=3.0, return_lse=True)
-    want = ref.lm_cross_entropy_rows(np.asarray(x), [2, 0], cap=3.0)
+    x = np.array([[2.0, -INF, 100.0], [INF, 0.0, -INF]], np.float32)
+    y = np.array([2, 0], np.int32)
+
+    @jax.jit  # values and gradient in one program
+    def run(x):
+        loss, lse = cross_entropy(x, y, logit_softcap=3.0, return_lse=True)
+        return loss, lse, jax.grad(lambda x: cross_entropy(x, y, logit_softcap=3.0).sum())(x)
+
+    loss, lse, grad = run(x)
+    want = ref.lm_cross_entropy_rows(x, y, cap=3.0)
     ref.assert_close(loss, want[0], 1e-6, 1e-6, "loss")
     ref.assert_close(lse, want[3], 1e-6, 1e-6, "lse")
-    assert np.isfinite(
-        np.asarray(
-            jax.grad(lambda x: cross_entropy(x, jnp.array([2, 0]), logit_softcap=3.0).sum())(x)
-        )
-    ).all()
+    assert np.isfinite(np.asarray(grad)).all()
 
 
 def test_lm_option_errors():
@@ -255,33 +258,33 @@ def test_linear_cross_entropy_every_option_matches_float64_reference(o):
 
 def test_linear_cross_entropy_reduction_and_bf16():
     h, W, b, vmask, y, _y_in, _ignored, t = _head_case()
-    args = (h[:5], W, y[:5])
     kw = dict(bias=b, where=vmask, t=t[:5], z_loss=0.05, logit_softcap=4.0, chunk_size=5)
-    per_row = linear_cross_entropy(*args, **kw)
-    finite = np.isfinite(np.asarray(per_row))
-    total = linear_cross_entropy(
-        h[finite.nonzero()],
-        W,
-        y[finite.nonzero()],
-        bias=b,
-        where=vmask,
-        t=t[finite.nonzero()],
-        z_loss=0.05,
-        logit_softcap=4.0,
-        chunk_size=5,
-        reduction="sum",
-    )
-    np.testing.assert_allclose(total, np.sum(np.asarray(per_row)[finite]), rtol=1e-6)
-    mean = linear_cross_entropy(h[:4], W, y[:4], reduction="mean", chunk_size=5, ignore_index=0)
-    np.testing.assert_allclose(
-        mean, np.mean(np.asarray(linear_cross_entropy(h[1:4], W, y[1:4]))), rtol=1e-6
-    )
-    lb = linear_cross_entropy(
-        jnp.asarray(h[:5], jnp.bfloat16), jnp.asarray(W, jnp.bfloat16), y[:5], **kw
-    )
+    # Row 4's label is on a masked class (+inf loss); the sum is taken over the finite rows 0-3.
+    finite = np.arange(5) < 4
+    hb, Wb = jnp.asarray(h[:5], jnp.bfloat16), jnp.asarray(W, jnp.bfloat16)
+
+    @jax.jit  # every call in one program
+    def run(h, W, hb, Wb):
+        per_row = linear_cross_entropy(h[:5], W, y[:5], **kw)
+        total = linear_cross_entropy(
+            h[finite.nonzero()],
+            W,
+            y[finite.nonzero()],
+            **(kw | dict(t=t[finite.nonzero()])),
+            reduction="sum",
+        )
+        mean = linear_cross_entropy(h[:4], W, y[:4], reduction="mean", chunk_size=5, ignore_index=0)
+        rows_1_3 = linear_cross_entropy(h[1:4], W, y[1:4])
+        lb = linear_cross_entropy(hb, Wb, y[:5], **kw)
+        return per_row, total, mean, rows_1_3, lb
+
+    per_row, total, mean, rows_1_3, lb = jax.tree.map(np.asarray, run(h, W, hb, Wb))
+    np.testing.assert_array_equal(np.isfinite(per_row), finite)
+    np.testing.assert_allclose(total, np.sum(per_row[finite]), rtol=1e-6)
+    np.testing.assert_allclose(mean, np.mean(rows_1_3), rtol=1e-6)
     assert lb.dtype == jnp.bfloat16
-    hb = np.asarray(jnp.asarray(h[:5], jnp.bfloat16), np.float32)
-    Wb = np.asarray(jnp.asarray(W, jnp.bfloat16), np.float32)
+    hb = np.asarray(hb, np.float32)
+    Wb = np.asarray(Wb, np.float32)
     x = hb.astype(np.float64) @ Wb + b
     want = ref.lm_cross_entropy_rows(
         x, y[:5], t[:5], mask=np.broadcast_to(vmask, x.shape), z_loss=0.05, cap=4.0
@@ -313,7 +316,8 @@ def test_linear_cross_entropy_check_grads_float64(x64):
         )
         return loss + 0.3 * lse
 
-    check_grads(f, (h, E, b, t), order=1, modes=("rev",), atol=1e-6, rtol=1e-6)
+    # jitted: eagerly, every scan of the forward and backward passes compiles on its own.
+    check_grads(jax.jit(f), (h, E, b, t), order=1, modes=("rev",), atol=1e-6, rtol=1e-6)
 
 
 def test_linear_cross_entropy_tied_embedding_needs_no_more_memory():
@@ -474,39 +478,44 @@ def test_micro_batched_sum_over_count_equals_full_batch_mean_values_and_grads():
             count = count + jaxsoft.reductions.count_valid(y_in[sl], ignore_index=IGNORE)
         return total / count
 
-    v_full, g_full = jax.jit(jax.value_and_grad(full, argnums=(0, 1)))(h, W)
-    v_micro, g_micro = jax.jit(jax.value_and_grad(micro, argnums=(0, 1)))(h, W)
-    np.testing.assert_allclose(v_micro, v_full, rtol=1e-6)
-    for a, b in zip(g_micro, g_full):
-        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
-    # The naive mean of micro-batch means differs: 1 of 3 rows counts in the first.
-    naive = np.mean(
-        [
-            float(
-                linear_cross_entropy(
-                    h[sl],
-                    W,
-                    y_in[sl],
-                    ignore_index=IGNORE,
-                    reduction="mean",
-                    z_loss=0.01,
-                    chunk_size=5,
-                )
+    def naive(h, W):
+        # The mean of micro-batch means, which differs: 1 of 3 rows counts in the first.
+        means = [
+            linear_cross_entropy(
+                h[sl], W, y_in[sl], ignore_index=IGNORE, reduction="mean", z_loss=0.01, chunk_size=5
             )
             for sl in (slice(0, 3), slice(3, 8))
         ]
-    )
-    assert abs(naive - float(v_full)) > 1e-3
+        return (means[0] + means[1]) / 2
+
+    @jax.jit  # the three in one program
+    def run(h, W):
+        grad = jax.value_and_grad
+        return grad(full, argnums=(0, 1))(h, W), grad(micro, argnums=(0, 1))(h, W), naive(h, W)
+
+    (v_full, g_full), (v_micro, g_micro), v_naive = run(h, W)
+    np.testing.assert_allclose(v_micro, v_full, rtol=1e-6)
+    for a, b in zip(g_micro, g_full):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+    assert abs(float(v_naive) - float(v_full)) > 1e-3
 
 
 def test_count_valid_counts_ignored_and_fully_masked_rows_out():
-    labels = jnp.array([[0, -100, 2], [1, 1, -100]])
-    where = jnp.array([[True, True, False], [True, True, True]])
-    assert int(jaxsoft.reductions.count_valid(labels)) == 6
-    assert int(jaxsoft.reductions.count_valid(labels, ignore_index=-100)) == 4
-    assert int(jaxsoft.reductions.count_valid(labels, ignore_index=-100, where=where)) == 3
-    class_mask = jnp.zeros((2, 3, 4), bool).at[0, 0, 1].set(True)
-    assert int(jaxsoft.reductions.count_valid(labels, where=class_mask)) == 1
+    labels = np.array([[0, -100, 2], [1, 1, -100]], np.int32)
+    where = np.array([[True, True, False], [True, True, True]])
+    class_mask = np.zeros((2, 3, 4), bool)
+    class_mask[0, 0, 1] = True
+    count_valid = jaxsoft.reductions.count_valid
+    # the four counts in one program (eagerly, each op of each call compiles on its own)
+    counts = jax.jit(
+        lambda labels, where, class_mask: (
+            count_valid(labels),
+            count_valid(labels, ignore_index=-100),
+            count_valid(labels, ignore_index=-100, where=where),
+            count_valid(labels, where=class_mask),
+        )
+    )(labels, where, class_mask)
+    assert [int(c) for c in counts] == [6, 4, 3, 1]
 
 
 def test_fused_head_with_every_option_holds_a_twentieth_of_naive_temp_memory():
@@ -545,17 +554,25 @@ def test_sharded_reductions_match_dense_over_the_rows_that_count():
     where = np.ones((4, 16), bool)
     where[3] = False  # a fully masked row does not count either
     mesh, _ = _mesh("1d")
-    for reduction in ("mean", "sum"):
-        f = jax.shard_map(
-            lambda x, m, y, r=reduction: sharded_cross_entropy(
-                x, y, "v", where=m, ignore_index=IGNORE, reduction=r, z_loss=0.01
-            ),
-            mesh=mesh,
-            in_specs=(P(None, "v"), P(None, "v"), P()),
-            out_specs=P(),
-        )
-        got = jax.jit(f)(x, where, y)
-        want = cross_entropy(
-            x, y, where=where, ignore_index=IGNORE, reduction=reduction, z_loss=0.01
-        )
-        np.testing.assert_allclose(got, want, rtol=1e-6)
+    reductions = ("mean", "sum")
+
+    @jax.jit  # both reductions, sharded and dense, in one program
+    def run(x, where, y):
+        out = []
+        for reduction in reductions:
+            f = jax.shard_map(
+                lambda x, m, y, r=reduction: sharded_cross_entropy(
+                    x, y, "v", where=m, ignore_index=IGNORE, reduction=r, z_loss=0.01
+                ),
+                mesh=mesh,
+                in_specs=(P(None, "v"), P(None, "v"), P()),
+                out_specs=P(),
+            )
+            want = cross_entropy(
+                x, y, where=where, ignore_index=IGNORE, reduction=reduction, z_loss=0.01
+            )
+            out.append((f(x, where, y), want))
+        return out
+
+    for reduction, (got, want) in zip(reductions, run(x, where, y), strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-6, err_msg=reduction)
