@@ -10,7 +10,9 @@ Profiles (pick with ``pytest --hypothesis-profile=NAME`` or ``HYPOTHESIS_PROFILE
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 
 import jax
 import pytest
@@ -53,15 +55,22 @@ def thorough() -> bool:
     return settings().max_examples >= THOROUGH_EXAMPLES
 
 
-@pytest.fixture
-def x64():
-    """Enable float64 for one test and restore the previous setting afterwards."""
+@contextlib.contextmanager
+def enable_x64() -> Iterator[None]:
+    """Enable float64 inside the block and restore the previous setting afterwards."""
     previous = jax.config.jax_enable_x64
     jax.config.update("jax_enable_x64", True)
     try:
         yield
     finally:
         jax.config.update("jax_enable_x64", previous)
+
+
+@pytest.fixture
+def x64():
+    """Enable float64 for one test (:func:`enable_x64`)."""
+    with enable_x64():
+        yield
 
 
 @pytest.fixture(scope="module", params=["reference", "tuned_cpu"])

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -12,7 +10,7 @@ from jax.test_util import check_grads
 
 import jaxsoft as js
 from jaxsoft import _core
-from tests.conftest import thorough
+from tests.conftest import enable_x64, thorough
 
 # The Jacobian tables run under each core kernel (the "kernel" fixture in conftest.py). The
 # check_grads tests exercise the JVP rules, which every kernel shares (only the primal values they
@@ -73,17 +71,6 @@ def _scatter_blocks(blocks, shape, axis):
     return full
 
 
-@contextlib.contextmanager
-def _enable_x64():
-    """The x64 fixture's switch, for the module-scoped fixture below (fixtures cannot share it)."""
-    previous = jax.config.jax_enable_x64
-    jax.config.update("jax_enable_x64", True)
-    try:
-        yield
-    finally:
-        jax.config.update("jax_enable_x64", previous)
-
-
 # CI: every shape/axis case at t = 1 and per-row t on both kernels; the thorough profile adds the
 # extreme temperatures (which the check_grads and property tests also cover).
 JAC_TEMPS = TEMPS if thorough() else {k: TEMPS[k] for k in ("t=1", "per-row")}
@@ -99,7 +86,7 @@ def jacobian_tables(kernel):
     the eager basis/reshape ops of jacfwd/jacrev) per case. Values come back as float64 NumPy.
     """
     del kernel  # selects the kernel the program below is traced under
-    with _enable_x64():
+    with enable_x64():
         cases = [(shape, axis, name) for name in JAC_TEMPS for shape, axis in CASES]
         xs = [jnp.asarray(_rng().normal(size=shape) * 2) for shape, _, _ in cases]
         ts = [_temperature(JAC_TEMPS[name], shape, axis) for shape, axis, name in cases]
