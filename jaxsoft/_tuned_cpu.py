@@ -22,7 +22,7 @@ profiles are in bench/README.md. What it builds on:
 * XLA:CPU flushes subnormals to zero, which the indicators below rely on; its ``min`` and ``max``
   return the second operand when one is NaN, so NaN-carrying values go second.
 
-Structure: :func:`_soft_stats` computes every row's statistics (max, normaliser, the ``log1p``
+Structure: :func:`_stats` computes every row's statistics (max, normaliser, the ``log1p``
 form's mass off the maxima and count of maxima) in plain arithmetic, exact on every row, ``t = 0``
 ones included, with no branch. It gives per-row parameters (:class:`RowStats`) of one elementwise
 formula (:func:`_outputs`), which yields the soft and the hard results alike; XLA drops the
@@ -58,17 +58,16 @@ def big_power(dtype, down: int = 0) -> float:
     return 2.0 ** (jnp.finfo(dtype).maxexp - 1 - down)
 
 
-def row_constants(m: jax.Array, *values: float) -> tuple[jax.Array, ...]:
-    """Per-row arrays holding ``values``, computed from ``m`` so that XLA cannot fold or merge them.
+def row_one(m: jax.Array, j: int = 1) -> jax.Array:
+    """A per-row 1 (NaN on NaN rows), ``sign(|m| + j)``, that XLA can neither fold nor merge.
 
-    XLA:CPU (jax 0.10.2) writes a broadcast constant that two fusions share (the 1 in
-    :func:`not_max` and in :func:`is_max`, say) to memory as a full-size array, whenever those
-    sums are not fused together (which depends on the shape); it merges identical constants even
-    behind :func:`jax.lax.optimization_barrier`. ``sign(|m| + 1)`` is 1 on every row (NaN on a
-    NaN row, whose results are NaN anyway) and is data, so each use stays its own per-row operand.
+    XLA:CPU (jax 0.10.2) writes a broadcast constant or per-row value that two fusions share to
+    memory as a full-size array whenever those fusions are not one loop (which depends on the
+    shape), and it merges identical constants even behind :func:`jax.lax.optimization_barrier`.
+    Being data, ``sign(|m| + j)`` stays each use's own per-row operand; a different ``j`` gives a
+    different one (:func:`distinct_ones`; the weighted mean's sums take ``j`` of their own).
     """
-    one = jnp.sign(jnp.abs(m) + 1)
-    return tuple(one * v for v in values)
+    return jnp.sign(jnp.abs(m) + j)
 
 
 def finite_max_rows(m: jax.Array, one: jax.Array) -> jax.Array:
@@ -161,7 +160,7 @@ def fuses_row_sums(x: jax.Array) -> bool:
     """Whether XLA:CPU compiles the max, the per-row arithmetic and the row sums into one loop.
 
     Measured with jax 0.10.2: from 4096 rows on (4097 and 8192 too, rows of 512 to 4096 entries)
-    the whole of :func:`_soft_stats` is one YNNPACK fusion, so its sums can share ``exp(z)``;
+    the whole of :func:`_stats` is one YNNPACK fusion, so its sums can share ``exp(z)``;
     below (4000 rows, 256, 16) the per-row arithmetic runs as separate XLA loops, the sums land in
     separate fusions, and a shared full-size term (``exp(z)``, ``floor(exp(z))``) is written to
     memory first (a ``(batch, n)`` temporary, 4-5x the time of ``logsumexp``). A static choice on
@@ -179,7 +178,7 @@ def distinct_ones(m: jax.Array, count: int) -> list[jax.Array]:
     (:func:`fuses_row_sums`): two sums whose terms XLA can prove equal share them, and the shared
     full-size term is then written to memory (jax 0.10.2).
     """
-    return [jnp.sign(jnp.abs(m) + j) for j in range(1, count + 1)]
+    return [row_one(m, j) for j in range(1, count + 1)]
 
 
 def not_max(z: jax.Array) -> jax.Array:
@@ -204,7 +203,7 @@ def is_max(z: jax.Array, one: jax.Array, zero: jax.Array) -> jax.Array:
     return jnp.maximum(zero, one + z * big_power(z.dtype, 1))
 
 
-def _soft_params(m: jax.Array, t: jax.Array | None, one: jax.Array):
+def _row_params(m: jax.Array, t: jax.Array | None, one: jax.Array):
     """``(h, b, c, tau, k)`` of :func:`capped_gap` and :func:`hard_scale` for every row, per row.
 
     Soft rows: ``(1, finfo.max, max)`` (``t``: ``(1/2, finfo.max, max/2, t/2)``); ``+inf`` rows:
@@ -246,13 +245,14 @@ def hard_scale(z: jax.Array, k: jax.Array | None) -> jax.Array:
     return z if k is None else (z * k) * k
 
 
-def _scaled_gap(x: jax.Array, m: jax.Array, t: jax.Array | None, one: jax.Array) -> jax.Array:
-    """:func:`hard_scale` of :func:`capped_gap` with the parameters built from ``one``."""
-    h, b, c, tau, k = _soft_params(m, t, one)
+def _scaled_gap(x: jax.Array, params: tuple, t: jax.Array | None) -> jax.Array:
+    """:func:`hard_scale` of :func:`capped_gap` with :func:`_row_params`' ``params``; ``k`` only
+    with ``t`` (without it, ``k`` is the ``+inf`` rows' factor for ``log p``: :class:`RowStats`)."""
+    h, b, c, tau, k = params
     return hard_scale(capped_gap(x, h, b, c, tau), None if t is None else k)
 
 
-def _soft_stats(x: jax.Array, t: jax.Array | None, one_loop: bool) -> RowStats:
+def _stats(x: jax.Array, t: jax.Array | None, one_loop: bool) -> RowStats:
     """Row statistics of every row, in plain arithmetic, max included.
 
     Exact on rows of finite entries, ``-inf`` entries, all ``-inf`` rows, ``+inf`` rows and NaN
@@ -282,9 +282,9 @@ def _soft_stats(x: jax.Array, t: jax.Array | None, one_loop: bool) -> RowStats:
         # One loop: the sums share exp(z), and the maxima are where it rounds to 1 (floor(e) = 1,
         # which includes gaps under 2^-25, whose exp is 1 in float32 anyway); so
         # s = sum(e - floor(e)) and count = sum(floor(e)) split sum(e) exactly as rounded.
-        one = jnp.sign(jnp.abs(m) + 1)
-        h, b, c, tau, k = _soft_params(m, t, one)
-        e = jnp.exp(hard_scale(capped_gap(x, h, b, c, tau), k if t is not None else None))
+        one = row_one(m)
+        params = _row_params(m, t, one)
+        e = jnp.exp(_scaled_gap(x, params, t))
         f = jnp.floor(e)
         total = jnp.sum(e, axis=-1, keepdims=True)
         s = jnp.sum(e - f, axis=-1, keepdims=True)
@@ -293,47 +293,44 @@ def _soft_stats(x: jax.Array, t: jax.Array | None, one_loop: bool) -> RowStats:
         # Separate loops: each sum computes its terms from x and its own per-row operands; the
         # count of maxima needs no exp (is_max/not_max agree on which entries are maxima).
         one, one_s, one_c = distinct_ones(m, 3)
-        h, b, c, tau, k = _soft_params(m, t, one)
-        total = jnp.sum(jnp.exp(_scaled_gap(x, m, t, one)), axis=-1, keepdims=True)
-        z_s = _scaled_gap(x, m, t, one_s)
+        params = _row_params(m, t, one)
+        total = jnp.sum(jnp.exp(_scaled_gap(x, params, t)), axis=-1, keepdims=True)
+        z_s = _scaled_gap(x, _row_params(m, t, one_s), t)
         s = jnp.sum(jnp.exp(z_s) * not_max(z_s), axis=-1, keepdims=True)
-        z_c = _scaled_gap(x, m, t, one_c)
+        z_c = _scaled_gap(x, _row_params(m, t, one_c), t)
         count = jnp.sum(is_max(z_c, one_c, 0 * one_c), axis=-1, keepdims=True)
     # The shared finisher (SPEC 2.5): log1p(s + (count - 1)), plain arithmetic, so it stays in the
     # loop. Both per-row results below come from this one value: two expressions of s and count
     # (log_den as log_norm with the count of an empty row raised to 1) cost logsumexp's
     # value_and_grad a (batch, n) temporary at (4096, 1024) (jax 0.10.2).
     log_total = _rowstats.log_norm(_rowstats.RowStats(m, count, s))
-    ms = jnp.maximum(m, -jnp.finfo(dtype).max * one)
     if t is None:
-        lse = ms + log_total
+        lse = jnp.maximum(m, -jnp.finfo(dtype).max * one) + log_total  # -finfo.max on empty rows
     else:
         # log_total is -inf on an empty row only, and 0 * -inf would be NaN at t = 0: bounded
         # (NaN second, see capped_gap), times t, added to the raw max, it gives -inf there, the
-        # max on t = 0 rows (NaN on NaN rows) and ms + t * log_total elsewhere. A select here
+        # max on t = 0 rows (NaN on NaN rows) and m + t * log_total elsewhere. A select here
         # split the statistics into XLA loops that wrote exp(z) to memory (jax 0.10.2).
         lse = m + t * jnp.maximum(-jnp.finfo(dtype).max * one, log_total)
     den = total + jnp.finfo(dtype).tiny
     # log_total >= 0 on every row with an entry; 0 instead of -inf on an empty row, so that its
     # log p is -inf - 0; NaN stays NaN (the second operand of the max: see capped_gap).
     log_den = jnp.maximum(0 * one, log_total)
-    return RowStats(lse, h, b, c, tau, k, den, log_den)
+    return RowStats(lse, *params, den, log_den)
 
 
 def _outputs(x: jax.Array, st: RowStats, mask: jax.Array | None):
     """``(lse, p, log p)`` from the row statistics, in one elementwise pass of plain arithmetic.
 
     XLA computes only the outputs that are used, and in a backward pass recomputes ``p`` from ``x``
-    and these per-row values inside the fusion that needs it, as it does for ``jax.nn``. ``k`` is
-    applied twice (its square would overflow); ``p`` needs it only on ``t = 0`` rows.
+    and these per-row values inside the fusion that needs it, as it does for ``jax.nn``.
     """
     z = capped_gap(x, st.h, st.b, st.c, st.tau)
     if st.tau is None:  # t = 1: k only sends the finite entries of +inf rows to -inf in log p
         p = jnp.exp(z) / st.den
         logp = (z if st.k is None else z * st.k) - st.log_den
     else:
-        if st.k is not None:
-            z = (z * st.k) * st.k  # two per-row factors: their product would overflow
+        z = hard_scale(z, st.k)
         p = jnp.exp(z) / st.den
         logp = z - st.log_den
     if mask is not None:  # a NaN row's masked entries stay 0 / -inf
@@ -342,13 +339,8 @@ def _outputs(x: jax.Array, st: RowStats, mask: jax.Array | None):
     return st.lse, p, logp
 
 
-def _stats(x: jax.Array, t: jax.Array | None, one_loop: bool) -> RowStats:
-    """:func:`_soft_stats`, for every ``t`` (its zeros included)."""
-    return _soft_stats(x, t, one_loop)
-
-
-def _masked(x: jax.Array, mask: jax.Array | None) -> jax.Array:
-    # A masked entry behaves exactly like a -inf one.
+def masked(x: jax.Array, mask: jax.Array | None) -> jax.Array:
+    """``x`` with its masked entries at ``-inf``: a masked entry behaves exactly like ``-inf``."""
     return x if mask is None else jnp.where(mask, x, _NEG_INF)
 
 
@@ -363,7 +355,7 @@ def core(
     ``log_softargmax``'s JVP rule, use it too: from :data:`FUSED_ROWS` rows their max, sums and
     output are one such loop (:func:`fuses_row_sums`).
     """
-    xm = _masked(x, mask)
+    xm = masked(x, mask)
     return _outputs(xm, _stats(xm, t, fuses_row_sums(xm)), mask)
 
 
@@ -375,12 +367,12 @@ def core_for_tangents(
     ``p`` is an elementwise formula of ``x`` and per-row statistics (:func:`_outputs`), which XLA
     recomputes inside the backward fusion instead of storing a ``(batch, n)`` array (``jax.nn``
     stores ``exp(x - max)``). ``p`` is ``exp(log p)``, so no normaliser sum is needed (a few ulp, as
-    a tangent needs). The sums take the separate-loop form of :func:`_soft_stats` at every batch
+    a tangent needs). The sums take the separate-loop form of :func:`_stats` at every batch
     size: the backward fusion reads the per-row statistics too, so XLA compiles the max as a
     fusion of its own, and the one-loop form's shared ``exp(z)`` then had its gap ``z`` written to
     memory by a loop fusion first (jax 0.10.2, ``(4096, 1024)`` float32: ``value_and_grad``
     about half the time with the separate form, at 16 B per row more scratch).
     """
-    xm = _masked(x, mask)
+    xm = masked(x, mask)
     lse, _, logp = _outputs(xm, _stats(xm, t, False), mask)
     return lse, jnp.exp(logp), logp

@@ -28,29 +28,18 @@ import jax
 import jax.numpy as jnp
 
 from jaxsoft import _rowstats
-from jaxsoft._tuned_cpu import clamp_max, fuses_row_sums
+from jaxsoft._tuned_cpu import clamp_max, fuses_row_sums, masked, row_one
 
-# Per-row 1s of this module's full-size terms, sign(|m| + j), with j unused elsewhere (the tuned core
-# takes 1 to 3): see own_one.
+# Per-row 1s of this module's full-size terms, sign(|m| + j), with j unused elsewhere (the tuned
+# core takes 1 to 3): see jaxsoft._tuned_cpu.row_one.
 _TOTAL_ONE = 4
 _NUM_ONE = 5
 _CENTRED_ONE = 6
 
 
-def own_one(m: jax.Array, j: int) -> jax.Array:
-    """A per-row 1 (NaN on NaN rows), ``sign(|m| + j)``, distinct for each ``j``.
-
-    Full-size terms built from different per-row operands cannot be merged by XLA: two sums (or a
-    sum and a backward pass) whose terms XLA can prove equal share them, and where they are in
-    different fusions the shared ``(batch, n)`` term is written to memory (jax 0.10.2; see
-    :func:`jaxsoft._tuned_cpu.distinct_ones`, which takes ``j = 1, 2, ...``).
-    """
-    return jnp.sign(jnp.abs(m) + j)
-
-
-# The weight factor's floor in units of tau: exp(-2048) is 0 in float64 and every narrower float, so
-# no weight is lost by raising a gap below it; the bound keeps every (x - w) / t of the JVP rule where
-# p = 0 within about 2048 + log n (see floored).
+# The weight factor's floor in units of tau: exp(-2048) is 0 in float64 and every narrower float,
+# so no weight is lost by raising a gap below it; the bound keeps every (x - w) / t of the JVP rule
+# where p = 0 within about 2048 + log n (see floored).
 GAP_FLOOR = 2048.0
 
 
@@ -69,11 +58,11 @@ def gap_params(m: jax.Array, t: jax.Array | None, j: int) -> Gap:
 
     The shift ``c`` is ``m`` clamped to ``[-finfo.max, finfo.max]``
     (:func:`jaxsoft._tuned_cpu.clamp_max`), halved with ``t``; ``tau = t / 2`` (the halving of
-    :func:`jaxsoft._rowstats.zdiff`), or 1. All per-row arithmetic on ``own_one(m, j)``
-    (:func:`own_one`): constant bounds would make XLA turn the min/max pair into a ``clamp``,
-    which YNNPACK does not fuse (jax 0.10.2). The bounds carry no derivative.
+    :func:`jaxsoft._rowstats.zdiff`), or 1. All per-row arithmetic on ``row_one(m, j)``
+    (:func:`jaxsoft._tuned_cpu.row_one`): constant bounds would make XLA turn the min/max pair
+    into a ``clamp``, which YNNPACK does not fuse (jax 0.10.2). The bounds carry no derivative.
     """
-    one = own_one(m, j)
+    one = row_one(m, j)
     c = clamp_max(m, one)
     if t is None:
         lo = -GAP_FLOOR * one
@@ -126,7 +115,8 @@ def _mean_gap(x: jax.Array, m: jax.Array, t: jax.Array | None) -> jax.Array:
     with two independent sums of the same ``e`` that loop took 9-11x ``jax.nn``'s time at
     ``(4096, 1024)``, the chained form 1.0x for the plain ``x - m`` gap (jax 0.10.2). Elsewhere the
     sums are separate loops, each computing its terms from its own per-row operands
-    (:func:`own_one`), and independent (5% faster at ``(16, 262144)``, one multiply less).
+    (:func:`jaxsoft._tuned_cpu.row_one`), and independent (5% faster at ``(16, 262144)``, one
+    multiply less).
     """
     prm = gap_params(m, t, _TOTAL_ONE)
     d = gap(x, prm, t)
@@ -137,7 +127,7 @@ def _mean_gap(x: jax.Array, m: jax.Array, t: jax.Array | None) -> jax.Array:
         # The 1 is this sum's own: XLA rewrites the tuned core's p = e / den as e * (1 / den), and a
         # full-size broadcast of one per-row value shared with a backward pass is written to memory
         # (jax 0.10.2).
-        r = own_one(m, _NUM_ONE) / (total + tiny)
+        r = row_one(m, _NUM_ONE) / (total + tiny)
         return jnp.sum(floored(d, prm) * (e * r), axis=-1, keepdims=True)
     prm = gap_params(m, t, _NUM_ONE)
     d = gap(x, prm, t)
@@ -162,8 +152,7 @@ def wmean(x: jax.Array, t: jax.Array | None, mask: jax.Array | None) -> jax.Arra
       >>> wmean(jnp.array([[1.0, 3.0, 3.0]]), jnp.zeros((1, 1)), None)  # t = 0: the max
       Array([[3.]], dtype=float32)
     """
-    if mask is not None:  # a masked entry behaves exactly like a -inf one
-        x = jnp.where(mask, x, -jnp.inf)
+    x = masked(x, mask)
     m = jnp.max(x, axis=-1, keepdims=True)
     q = _mean_gap(x, m, _rowstats.safe_t(t))  # <x - m, p>, halved with t
     if t is None:
@@ -193,8 +182,7 @@ def centred_gap(
     made XLA:CPU write them to memory (jax 0.10.2). Differentiable: the max's derivative cancels
     out of ``g - <g, p>``.
     """
-    if mask is not None:
-        x = jnp.where(mask, x, -jnp.inf)
+    x = masked(x, mask)
     m = jnp.max(x, axis=-1, keepdims=True)
     t = _rowstats.safe_t(t)
     prm = gap_params(m, t, _CENTRED_ONE)
