@@ -93,7 +93,8 @@ def _tuned_module(fn: str):
 
 
 def _primal(fn: str, x: jax.Array, t: jax.Array | None, mask: jax.Array | None):
-    """Run kernel function ``fn`` ("core", "core_for_tangents" or "wmean") of the chosen kernel."""
+    """Run kernel function ``fn`` ("core", "core_lse", "core_for_tangents" or "wmean") of the
+    chosen kernel."""
     # jit's trace cache keys on the abstract-mesh context, which is unset (None) at the top of a
     # trace but the empty mesh inside a JVP rule (jax 0.10.2): pinning it to the current mesh,
     # the same one, lets the rule reuse the primal's trace.
@@ -168,7 +169,8 @@ _core_recomputed.defjvp(_core_recomputed_jvp, symbolic_zeros=True)
 def _core_one(kind: str, x: jax.Array, t: jax.Array | None, mask: jax.Array | None):
     """One output of :func:`_core` (``kind``: "lse", "p" or "logp"), with the same JVP rule.
 
-    The primal is the kernel's ``core`` for every kind (XLA drops the outputs that are not used).
+    The primal is the kernel's ``core`` (XLA drops the outputs that are not used), ``core_lse`` for
+    ``lse``.
     The rule is :func:`_core_tangents`; what differs is where it gets the primal values it reads,
     chosen so that a backward pass stores no more than ``jax.nn``'s does and reads ``x`` as few
     times: for ``p``, the kernel's ``p``; for ``log p``, ``p = exp(log p)`` (the kernel's
@@ -176,6 +178,8 @@ def _core_one(kind: str, x: jax.Array, t: jax.Array | None, mask: jax.Array | No
     row statistics, as ``jax.nn`` does); for ``lse``, the kernel's ``core_for_tangents``, whose
     ``p`` XLA recomputes in the backward pass.
     """
+    if kind == "lse":  # the forward value: see jaxsoft._tuned_cpu.core_lse
+        return _primal("core_lse", x, t, mask)[0]
     lse, p, logp = _core(x, t, mask)
     return {"lse": lse, "p": p, "logp": logp}[kind]
 

@@ -77,6 +77,13 @@ def core_for_tangents(
     return core(x, t, mask)
 
 
+def core_lse(
+    x: jax.Array, t: jax.Array | None, mask: jax.Array | None
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """:func:`core`: a tuned kernel may compute ``logsumexp``'s forward value differently."""
+    return core(x, t, mask)
+
+
 def wmean(x: jax.Array, t: jax.Array | None, mask: jax.Array | None) -> jax.Array:
     """``<x, p>`` per row (SPEC 4); ``-inf`` on empty rows, ``+inf`` on rows with a ``+inf`` entry.
 

@@ -37,7 +37,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from jaxsoft import _rowstats
+from jaxsoft import _rowstats, _tuned_subrows
 
 _NEG_INF = -jnp.inf
 
@@ -252,7 +252,16 @@ def _scaled_gap(x: jax.Array, params: tuple, t: jax.Array | None) -> jax.Array:
     return hard_scale(capped_gap(x, h, b, c, tau), None if t is None else k)
 
 
-def _stats(x: jax.Array, t: jax.Array | None, one_loop: bool) -> RowStats:
+def _subrow_gaps(y: jax.Array, m: jax.Array, t: jax.Array | None) -> tuple[jax.Array, jax.Array]:
+    """``(u, z)``: :func:`capped_gap` of ``y`` to the per-row max ``m`` before the temperature,
+    and :func:`_scaled_gap` (the same arithmetic), with parameters of their own; for
+    :func:`jaxsoft._tuned_subrows.log_total`."""
+    h, b, c, tau, k = _row_params(m, t, row_one(m, 2))
+    u = capped_gap(y, h, b, c)
+    return u, hard_scale(u if tau is None else u / tau, None if t is None else k)
+
+
+def _stats(x: jax.Array, t: jax.Array | None, one_loop: bool, subrows: bool = False) -> RowStats:
     """Row statistics of every row, in plain arithmetic, max included.
 
     Exact on rows of finite entries, ``-inf`` entries, all ``-inf`` rows, ``+inf`` rows and NaN
@@ -267,7 +276,8 @@ def _stats(x: jax.Array, t: jax.Array | None, one_loop: bool) -> RowStats:
     (where XLA fuses them into one loop: :func:`fuses_row_sums`) they share ``e = exp(z)``:
     ``s = sum(e - floor(e))``, ``count = sum(floor(e))`` (three ops per entry more than
     ``sum(e)``); otherwise each computes its own terms (:func:`distinct_ones`), ``count`` without
-    an ``exp`` (:func:`is_max`).
+    an ``exp`` (:func:`is_max`), or, with ``subrows`` (:func:`core_lse`) where the shape allows,
+    the ``log1p`` form comes from one loop over sub-rows (:mod:`jaxsoft._tuned_subrows`).
 
     Empty rows (``total = s = count = 0``): ``lse = -finfo.max + log1p(-1) = -inf`` (with ``t``,
     ``-inf + t * max(-finfo.max, log1p(-1))``, also at ``t = 0``); ``p``
@@ -277,7 +287,12 @@ def _stats(x: jax.Array, t: jax.Array | None, one_loop: bool) -> RowStats:
     ``lse = +inf`` (their shift), ``den`` and ``exp(log_den)`` the count of ``+inf`` entries.
     """
     dtype = x.dtype
-    m = jnp.max(x, axis=-1, keepdims=True)
+    k = None if one_loop or not subrows else _tuned_subrows.subrow_count(x.shape)
+    if k:  # the row max from its sub-rows' maxima, which the log1p form reads too
+        m_sub = _tuned_subrows.subrow_max(x, k)
+        m = jnp.max(m_sub, axis=-1, keepdims=True)
+    else:
+        m = jnp.max(x, axis=-1, keepdims=True)
     if one_loop:
         # One loop: the sums share exp(z), and the maxima are where it rounds to 1 (floor(e) = 1,
         # which includes gaps under 2^-25, whose exp is 1 in float32 anyway); so
@@ -295,15 +310,19 @@ def _stats(x: jax.Array, t: jax.Array | None, one_loop: bool) -> RowStats:
         one, one_s, one_c = distinct_ones(m, 3)
         params = _row_params(m, t, one)
         total = jnp.sum(jnp.exp(_scaled_gap(x, params, t)), axis=-1, keepdims=True)
-        z_s = _scaled_gap(x, _row_params(m, t, one_s), t)
-        s = jnp.sum(jnp.exp(z_s) * not_max(z_s), axis=-1, keepdims=True)
-        z_c = _scaled_gap(x, _row_params(m, t, one_c), t)
-        count = jnp.sum(is_max(z_c, one_c, 0 * one_c), axis=-1, keepdims=True)
-    # The shared finisher (SPEC 2.5): log1p(s + (count - 1)), plain arithmetic, so it stays in the
-    # loop. Both per-row results below come from this one value: two expressions of s and count
-    # (log_den as log_norm with the count of an empty row raised to 1) cost logsumexp's
-    # value_and_grad a (batch, n) temporary at (4096, 1024) (jax 0.10.2).
-    log_total = _rowstats.log_norm(_rowstats.RowStats(m, count, s))
+        if k:  # the log1p form in one more pass over x (see _tuned_subrows)
+            log_total = _tuned_subrows.log_total(x, m_sub, m, t, _subrow_gaps, k, not_max, is_max)
+        else:
+            z_s = _scaled_gap(x, _row_params(m, t, one_s), t)
+            s = jnp.sum(jnp.exp(z_s) * not_max(z_s), axis=-1, keepdims=True)
+            z_c = _scaled_gap(x, _row_params(m, t, one_c), t)
+            count = jnp.sum(is_max(z_c, one_c, 0 * one_c), axis=-1, keepdims=True)
+    if not k:
+        # The shared finisher (SPEC 2.5): log1p(s + (count - 1)), plain arithmetic, so it stays
+        # in the loop. Both per-row results below come from this one value: two expressions of s
+        # and count (log_den as log_norm with the count of an empty row raised to 1) cost
+        # logsumexp's value_and_grad a (batch, n) temporary at (4096, 1024) (jax 0.10.2).
+        log_total = _rowstats.log_norm(_rowstats.RowStats(m, count, s))
     if t is None:
         lse = jnp.maximum(m, -jnp.finfo(dtype).max * one) + log_total  # -finfo.max on empty rows
     else:
@@ -357,6 +376,20 @@ def core(
     """
     xm = masked(x, mask)
     return _outputs(xm, _stats(xm, t, fuses_row_sums(xm)), mask)
+
+
+def core_lse(
+    x: jax.Array, t: jax.Array | None, mask: jax.Array | None
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """:func:`core` for ``logsumexp``'s forward value: below :data:`FUSED_ROWS` rows, where the
+    row lengths allow, its ``log1p`` form reads ``x`` twice rather than three times
+    (:mod:`jaxsoft._tuned_subrows`).
+
+    Only there: ``log_softargmax``'s forward and every gradient were slower with it (its output
+    pass or the backward pass beside the sub-row loop, jax 0.10.2; see bench/README.md).
+    """
+    xm = masked(x, mask)
+    return _outputs(xm, _stats(xm, t, fuses_row_sums(xm), subrows=True), mask)
 
 
 def core_for_tangents(
