@@ -3,10 +3,15 @@
 A candidate is one (function family, implementation, mode) with a zero-argument callable that runs
 it once on fixed inputs. JAX candidates are compiled ahead of time with
 ``jax.jit(f).lower(...).compile()``, so the same executable is timed and has its memory analysed.
+Each call takes the next of :data:`INPUT_COPIES` copies of its inputs, the same copies for every
+candidate: on the 2-core CI machine one compiled program ran 5x slower on some input buffers
+than on others (``logsumexp`` at (16, 262144), jax 0.10.2), so a figure from one buffer could be
+that buffer's.
 """
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -51,6 +56,7 @@ VARIANTS = {
 
 
 def make_inputs(shape: tuple[int, int], dtype, seed: int = 0, variant: str = "normal") -> Inputs:
+    _COPIES.clear()  # the previous inputs' copies stay with the calls that use them
     kx, kg, kr, kl = jax.random.split(jax.random.key(seed), 4)
     batch, n = shape
     # Scale 3 gives softmax outputs spread over many orders of magnitude, as trained logits do.
@@ -74,17 +80,35 @@ def make_inputs(shape: tuple[int, int], dtype, seed: int = 0, variant: str = "no
 # values) reuse the normal inputs' ones rather than compile them again.
 _EXECUTABLES: dict[tuple, Any] = {}
 
+INPUT_COPIES = 4
+# The copies of the latest inputs, by id (the original is kept in the list, so the id stays its).
+_COPIES: dict[int, list[jax.Array]] = {}
+
+
+def _copies(a: jax.Array) -> list[jax.Array]:
+    """``a`` and ``INPUT_COPIES - 1`` copies of it in buffers of their own."""
+    if id(a) not in _COPIES:
+        _COPIES[id(a)] = [a, *jax.block_until_ready([jnp.copy(a) for _ in range(INPUT_COPIES - 1)])]
+    return _COPIES[id(a)]
+
+
+def _rotating(compiled, args: tuple) -> Callable[[], Any]:
+    """A zero-argument call of ``compiled`` on the next copy of ``args`` each time."""
+    sets = itertools.cycle(list(zip(*(_copies(a) for a in args), strict=True)))
+    return lambda: compiled(*next(sets))
+
 
 def _compiled(fn: Callable, args: tuple, key: tuple) -> tuple[Callable[[], Any], Any]:
     """``fn`` compiled ahead of time for ``args``; ``key`` names it among the latest inputs'."""
     group = tuple((a.shape, a.dtype.name) for a in args[:1])
     if any(k[0] != group for k in _EXECUTABLES):
         _EXECUTABLES.clear()  # new inputs: drop the previous group's executables
+        _COPIES.clear()
     full_key = (group, *key, tuple((a.shape, a.dtype.name) for a in args))
     if full_key not in _EXECUTABLES:
         _EXECUTABLES[full_key] = jax.jit(fn).lower(*args).compile()
     compiled = _EXECUTABLES[full_key]
-    return (lambda: compiled(*args)), compiled
+    return _rotating(compiled, args), compiled
 
 
 def _jax_candidates(family: str, impl: str, f: Callable, inp: Inputs) -> list[Candidate]:
