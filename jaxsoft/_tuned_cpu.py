@@ -253,12 +253,14 @@ def _scaled_gap(x: jax.Array, params: tuple, t: jax.Array | None) -> jax.Array:
 
 
 def _subrow_gaps(y: jax.Array, m: jax.Array, t: jax.Array | None) -> tuple[jax.Array, jax.Array]:
-    """``(u, z)``: :func:`capped_gap` of ``y`` to the per-row max ``m`` before the temperature,
-    and :func:`_scaled_gap` (the same arithmetic), with parameters of their own; for
-    :func:`jaxsoft._tuned_subrows.log_total`."""
-    h, b, c, tau, k = _row_params(m, t, row_one(m, 2))
-    u = capped_gap(y, h, b, c)
-    return u, hard_scale(u if tau is None else u / tau, None if t is None else k)
+    """``(u, z)`` of ``y`` against the per-row max ``m``, for
+    :func:`jaxsoft._tuned_subrows.log_total`: ``z`` is :func:`_scaled_gap` (``exp(z)`` the
+    weight), ``u`` the gap without ``t`` (:func:`capped_gap` with ``t = 1``'s parameters: ``y - m``
+    on rows with a finite max), 0 exactly where ``y = m`` or XLA:CPU flushes ``y - m`` to 0, as the
+    sub-rows' own maxima are compared there. ``z``'s halving (with a ``t``) flushes other gaps."""
+    one = row_one(m, 2)
+    z = _scaled_gap(y, _row_params(m, t, one), t)
+    return (z if t is None else capped_gap(y, *_row_params(m, None, one)[:3])), z
 
 
 def _stats(x: jax.Array, t: jax.Array | None, one_loop: bool, subrows: bool = False) -> RowStats:

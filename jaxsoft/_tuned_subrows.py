@@ -94,9 +94,9 @@ def log_total(
     ``s + count - 1 = sum_j code_j + (D - 1)`` with ``D`` the number of sub-rows holding a
     maximum: every term is ``>= 0``, so nothing cancels. Empty rows give ``log1p(-1) = -inf``; a
     NaN stays in ``s``. ``D`` is read from the sub-rows' maxima: a sub-row holds a maximum exactly
-    where its own max has ``u = 0``, the same arithmetic as in the loop on the same per-sub-row
-    operands (so also where XLA:CPU flushes a tiny nonzero gap to 0). Counting on ``u`` rather
-    than ``z`` keeps a large ``t`` from flushing ``z`` to 0 in one place and not the other.
+    where its own max ``m_j`` has ``m_j - M = 0`` as XLA:CPU computes it (a gap under 2^-126 is
+    flushed to 0, in the loop's ``u`` too), or equals a ``+inf`` ``M``. So the loop counts on
+    ``u``, not on ``z``, which a ``t`` divides (a large ``t`` flushes it) or halves first.
     """
     batch = x.shape[:-1]
 
@@ -109,12 +109,9 @@ def log_total(
     s = jnp.sum(jnp.exp(z) * not_max(u), axis=-1)
     c = jnp.sum(is_max(u, one, 0 * one), axis=-1)
     codes = encode(s, c).reshape(*batch, k)
-    # A sub-row holds a maximum where its max's gap is 0: m_j - M flushed to 0 as the loop's u is
-    # (t = 1, t = 0 rows; with a t the loop halves both first, which differs only for gaps within
-    # 2^-125 of each other at magnitudes near 2^-125), or equal +inf. Compares only, summed as
-    # integers, and d == -d rather than d == 0: a scalar constant shared with the loop becomes an
-    # operand of its YNNPACK fusion, and with the constant 0 (or the kernel's own gap here) the
-    # loop ran 4x slower (jax 0.10.2).
+    # Compares only, summed as integers, and d == -d rather than d == 0: a scalar constant shared
+    # with the loop becomes an operand of its YNNPACK fusion, and with the constant 0 (or the
+    # kernel's own gap here) the loop ran 4x slower (jax 0.10.2).
     d = m_sub - m
     held = (d == -d) | ((m_sub == m) & (m > -jnp.inf))
     count_held = jnp.sum(held, axis=-1).astype(x.dtype)

@@ -37,6 +37,7 @@ def _rows() -> np.ndarray:
         9: ([(0, 1.5 * TINY), (FAR, 1.25 * TINY)], -INF),  # a gap XLA:CPU flushes to 0
         10: ([(0, 30.0)], 0.0),  # confident: one maximum, a tiny mass off it
         11: ([(130, 1.0), (N - 2, 0.5)], -INF),  # empty sub-rows between two that are not
+        12: ([(0, 3 * TINY), (FAR, 2 * TINY)], -INF),  # a gap flushed to 0 once halved (with t)
     }
     for row, (entries, fill) in edges.items():
         if fill is not None:
