@@ -4,10 +4,16 @@ Same signature (plus the keyword-only ``t``), defaults (``axis=None``), ``b``, `
 ``keepdims`` and ``where`` (SPEC 2.6); values checked against a float64 NumPy reference (independent
 of both) and against jax.nn and scipy; our edges (SPEC 6) kept, with zero gradients where jax.nn's
 are NaN.
+
+Compile time: each distinct program compiles once (this module does not switch kernels), so cases
+that share inputs are computed together in one module-level ``jax.jit`` (the inputs are its
+arguments, never baked-in constants), jax.nn included: eager jax.nn.logsumexp compiles every one of
+its primitives separately. Checks and references are NumPy on the host.
 """
 
 from __future__ import annotations
 
+import functools
 import inspect
 
 import jax
@@ -47,6 +53,15 @@ def _close(got, want, rtol=2e-6, atol=2e-6):
     np.testing.assert_allclose(np.asarray(got, np.float64), want, rtol=rtol, atol=atol)
 
 
+def _host(tree):
+    return jax.tree_util.tree_map(np.asarray, tree)
+
+
+def _both(*args, **kwargs):
+    """``(jaxsoft.logsumexp(...), jax.nn.logsumexp(...))`` of the same arguments (inside a jit)."""
+    return jaxsoft.logsumexp(*args, **kwargs), jax.nn.logsumexp(*args, **kwargs)
+
+
 def test_signature_is_jax_nn_logsumexp_plus_keyword_only_t():
     ours = list(inspect.signature(jaxsoft.logsumexp).parameters.values())
     theirs = list(inspect.signature(jax.nn.logsumexp).parameters.values())
@@ -58,34 +73,69 @@ def test_signature_is_jax_nn_logsumexp_plus_keyword_only_t():
     assert len(ours) == len(theirs) + 1
 
 
-@pytest.mark.parametrize(
-    ("axis", "keepdims"), [(None, False), (None, True), (0, True), (-1, False), ((2, 0), True)]
-)
+_AXES_KEEPDIMS = [(None, False), (None, True), (0, True), (-1, False), ((2, 0), True)]
+
+
+@functools.cache
+def _over_axes(kernel: str | None) -> dict:
+    """Every case of the test below, ours and jax.nn's, from one compiled program (cached per
+    forced kernel, in case this module ever runs under both)."""
+    run = jax.jit(
+        lambda x: [_both(x, axis, keepdims=keepdims) for axis, keepdims in _AXES_KEEPDIMS]
+    )
+    return dict(zip(_AXES_KEEPDIMS, _host(run(X)), strict=True))
+
+
+@pytest.mark.parametrize(("axis", "keepdims"), _AXES_KEEPDIMS)
 def test_matches_jax_nn_and_scipy_over_axes(axis, keepdims):
-    got = jaxsoft.logsumexp(X, axis, keepdims=keepdims)
+    got, theirs = _over_axes(_core.forced_kernel())[axis, keepdims]
     want, _ = _reference(X, axis=axis, keepdims=keepdims)
-    assert got.shape == want.shape == jax.nn.logsumexp(X, axis, keepdims=keepdims).shape
+    assert got.shape == want.shape == theirs.shape
     _close(got, want)
-    _close(jax.nn.logsumexp(X, axis, keepdims=keepdims), want)  # the reference is jax.nn's value
+    _close(theirs, want)  # the reference is jax.nn's value
     _close(scipy.special.logsumexp(X.astype(np.float64), axis, keepdims=keepdims), want, 1e-12)
+
+
+_default_axis = jax.jit(_both)
 
 
 def test_default_axis_reduces_everything_like_jax_nn():
     x = X[0]
-    assert jaxsoft.logsumexp(x).shape == jax.nn.logsumexp(x).shape == ()
-    _close(jaxsoft.logsumexp(x), _reference(x)[0])
+    got, theirs = _default_axis(x)
+    assert got.shape == theirs.shape == ()
+    _close(got, _reference(x)[0])
+
+
+_B_CASES = {
+    "row_mixed_sign": (-1, B_ROW),
+    "tuple_axes": ((0, 2), B_ROW),
+    "full": (None, B_FULL),
+    "scalar": (1, np.float32(0.5)),
+    "all_negative": (-1, -B_FULL),
+}
+
+
+@functools.cache
+def _with_b(kernel: str | None) -> dict:
+    """Every case of the test below (both ``return_sign``), ours and jax.nn's, in one program;
+    each case's b is an argument, as it is of the jitted kernel in an eager call (cached as above)."""
+
+    def run(x, bs):
+        return {
+            (name, sign): _both(x, axis, bs[name], return_sign=sign)
+            for name, (axis, _) in _B_CASES.items()
+            for sign in (False, True)
+        }
+
+    return _host(jax.jit(run)(X, {name: b for name, (_, b) in _B_CASES.items()}))
 
 
 @pytest.mark.parametrize("return_sign", [False, True])
-@pytest.mark.parametrize(
-    ("axis", "b"),
-    [(-1, B_ROW), ((0, 2), B_ROW), (None, B_FULL), (1, np.float32(0.5)), (-1, -B_FULL)],
-    ids=["row_mixed_sign", "tuple_axes", "full", "scalar", "all_negative"],
-)
-def test_b_matches_scipy_and_jax_nn(axis, b, return_sign):
+@pytest.mark.parametrize("case", list(_B_CASES))
+def test_b_matches_scipy_and_jax_nn(case, return_sign):
+    axis, b = _B_CASES[case]
     want, want_sign = _reference(X, axis=axis, b=b)
-    got = jaxsoft.logsumexp(X, axis, b, return_sign=return_sign)
-    theirs = jax.nn.logsumexp(X, axis, b, return_sign=return_sign)
+    got, theirs = _with_b(_core.forced_kernel())[case, return_sign]
     scipy_out = scipy.special.logsumexp(
         X.astype(np.float64), axis, np.asarray(b, np.float64), return_sign=True
     )
@@ -100,31 +150,47 @@ def test_b_matches_scipy_and_jax_nn(axis, b, return_sign):
     _close(theirs, want, rtol=1e-5, atol=1e-5)
 
 
+# The positional order (axis, b, keepdims, return_sign, where) is part of the drop-in contract.
+_b_where_keepdims = jax.jit(lambda x, b, where: _both(x, (1, 2), b, True, True, where))
+
+
 def test_b_with_where_and_keepdims():
     where = RNG.random(X.shape) < 0.7
     want, want_sign = _reference(X, axis=(1, 2), b=B_ROW, keepdims=True, where=where)
-    got, sign = jaxsoft.logsumexp(X, (1, 2), B_ROW, True, True, where)
+    (got, sign), (theirs, their_sign) = _host(_b_where_keepdims(X, B_ROW, where))
     assert got.shape == sign.shape == (3, 1, 1)
     _close(got, want, rtol=1e-5, atol=1e-5)
     np.testing.assert_array_equal(sign, want_sign)
-    theirs, their_sign = jax.nn.logsumexp(X, (1, 2), B_ROW, True, True, where)
     _close(theirs, want, rtol=1e-5, atol=1e-5)
     np.testing.assert_array_equal(their_sign, want_sign)
 
 
+_where_alone = jax.jit(lambda x, where: _both(x, -1, where=where))
+
+
 def test_where_alone_matches_jax_nn():
     where = RNG.random(X.shape) < 0.5
-    _close(jaxsoft.logsumexp(X, -1, where=where), _reference(X, axis=-1, where=where)[0])
-    _close(jax.nn.logsumexp(X, -1, where=where), _reference(X, axis=-1, where=where)[0])
+    got, theirs = _where_alone(X, where)
+    _close(got, _reference(X, axis=-1, where=where)[0])
+    _close(theirs, _reference(X, axis=-1, where=where)[0])
+
+
+@jax.jit
+def _signs_without_b(x):
+    return (
+        jaxsoft.logsumexp(x, axis=-1, return_sign=True),
+        jaxsoft.logsumexp(x, axis=-1),
+        jax.nn.logsumexp(x, axis=-1, return_sign=True)[1],
+    )
 
 
 def test_return_sign_without_b_is_one_zero_or_nan():
-    x = jnp.array([[0.0, 1.0], [-INF, -INF], [np.nan, 1.0], [INF, 0.0]])
-    value, sign = jaxsoft.logsumexp(x, axis=-1, return_sign=True)
-    np.testing.assert_array_equal(value, jaxsoft.logsumexp(x, axis=-1))
+    x = np.array([[0.0, 1.0], [-INF, -INF], [np.nan, 1.0], [INF, 0.0]], np.float32)
+    (value, sign), plain, their_sign = _host(_signs_without_b(x))
+    np.testing.assert_array_equal(value, plain)
     np.testing.assert_array_equal(sign, [1.0, 0.0, np.nan, 1.0])
-    np.testing.assert_array_equal(jax.nn.logsumexp(x, axis=-1, return_sign=True)[1], sign)
-    assert sign.dtype == value.dtype == jnp.float32
+    np.testing.assert_array_equal(their_sign, sign)
+    assert sign.dtype == value.dtype == np.float32
 
 
 @pytest.mark.parametrize("kernel", _core.KERNELS)
@@ -156,13 +222,18 @@ def test_b_edges_values_and_signs(kernel):
     np.testing.assert_array_equal(sign, [0.0, 0.0, 1.0, np.nan, -1.0, np.nan])
 
 
+@jax.jit
+def _signed_rows_and_grad(x, b):
+    f = lambda x: jaxsoft.logsumexp(x, axis=-1, b=b, return_sign=True)
+    return f(x), jax.grad(lambda x: f(x)[0].sum())(x)
+
+
 def test_nan_stays_on_its_row_with_b():
-    x = jnp.array([[np.nan, 0.0], [1.0, 2.0]])
-    b = jnp.array([1.0, -0.5])
-    value, sign = jaxsoft.logsumexp(x, axis=-1, b=b, return_sign=True)
+    x = np.array([[np.nan, 0.0], [1.0, 2.0]], np.float32)
+    b = np.array([1.0, -0.5], np.float32)
+    (value, sign), g = _host(_signed_rows_and_grad(x, b))
     assert np.isnan(value[0]) and np.isnan(sign[0])
     _close(value[1], _reference(x[1], b=b)[0])
-    g = jax.grad(lambda x: jaxsoft.logsumexp(x, axis=-1, b=b, return_sign=True)[0].sum())(x)
     assert np.all(np.isnan(g[0])) and np.all(np.isfinite(g[1]))
 
 
@@ -172,53 +243,79 @@ def test_log1p_accuracy_kept_with_default_axis(x64):
     )
 
 
-_ROWS = jnp.array([[1.0, 2.0, 3.0], [0.0, 1.0, 2.0]])
+_ROWS = np.array([[1.0, 2.0, 3.0], [0.0, 1.0, 2.0]], np.float32)
+
+
+def _neg_inf_at(index):
+    x = _ROWS.copy()
+    x[index] = -INF
+    return x
+
+
+@jax.jit
+def _empty_row_outputs(x, kw):
+    """Ours: value and sign, and the gradient; jax.nn's gradient. ``kw`` (where or b) traced."""
+
+    def loss(f):
+        return lambda x: f(x, -1, return_sign=True, **kw)[0].sum()
+
+    ours = jaxsoft.logsumexp(x, -1, return_sign=True, **kw)
+    return ours, jax.grad(loss(jaxsoft.logsumexp))(x), jax.grad(loss(jax.nn.logsumexp))(x)
 
 
 @pytest.mark.parametrize(
     ("x", "kw", "jax_nn_nan"),
     [
-        (_ROWS.at[0].set(-INF), {}, True),
+        (_neg_inf_at(0), {}, True),
         (_ROWS, {"where": np.array([[0, 0, 0], [1, 1, 1]], bool)}, False),
         (_ROWS, {"b": np.array([[0.0] * 3, [1.0, -2.0, 3.0]])}, False),
-        (_ROWS.at[0, :2].set(-INF), {"b": np.array([[2.0, -1.0, 0.0]] * 2)}, True),
+        (_neg_inf_at((0, slice(None, 2))), {"b": np.array([[2.0, -1.0, 0.0]] * 2)}, True),
     ],
     ids=["all_neg_inf", "fully_masked", "all_b_zero", "b_row_left_empty"],
 )
 def test_empty_row_is_neg_inf_with_zero_gradient(x, kw, jax_nn_nan):
-    def loss(f):
-        return lambda x: f(x, -1, return_sign=True, **kw)[0].sum()
-
-    value, sign = jaxsoft.logsumexp(x, -1, return_sign=True, **kw)
+    (value, sign), g, g_nn = _host(_empty_row_outputs(x, kw))
     assert (float(value[0]), float(sign[0])) == (-INF, 0.0)
-    g = jax.grad(loss(jaxsoft.logsumexp))(x)
     np.testing.assert_array_equal(g[0], 0.0)
-    np.testing.assert_allclose(g[1], jax.grad(loss(jax.nn.logsumexp))(x)[1], rtol=1e-5)
-    assert np.any(np.isnan(jax.grad(loss(jax.nn.logsumexp))(x)[0])) == jax_nn_nan
+    np.testing.assert_allclose(g[1], g_nn[1], rtol=1e-5)
+    assert np.any(np.isnan(g_nn[0])) == jax_nn_nan
+
+
+_signed_value_grad = jax.jit(jax.grad(lambda x, b: jaxsoft.logsumexp(x, b=b, return_sign=True)[0]))
 
 
 def test_exact_cancellation_has_finite_gradient():
-    x = jnp.array([0.0, 0.0, -1.0])
-    b = jnp.array([1.0, -1.0, 0.0])
-    g = jax.grad(lambda x: jaxsoft.logsumexp(x, b=b, return_sign=True)[0])(x)
+    x = np.array([0.0, 0.0, -1.0], np.float32)
+    b = np.array([1.0, -1.0, 0.0], np.float32)
+    g = _signed_value_grad(x, b)
     assert np.all(np.isfinite(g))
+
+
+@jax.jit
+def _with_b_and_t(x, b, b_row, t):
+    """Values and signs with a traced t (one program for every t), and at the same t: the second
+    row alone with a b given as a list (b_row), and the gradient of the summed values."""
+    return (
+        jaxsoft.logsumexp(x, axis=-1, b=b, return_sign=True, t=t),
+        jaxsoft.logsumexp(x[1], b=b_row, return_sign=True, t=t),
+        jax.grad(lambda x: jaxsoft.logsumexp(x, -1, b, t=t).sum())(x),
+    )
 
 
 def test_temperature_with_b(x64):
     x = np.array([[0.3, -1.2, 2.0, 0.7], [1.0, 1.0, -3.0, 0.0]])
     b = np.array([[1.5, -0.5, 0.25, 2.0], [2.0, -1.0, 1.0, 0.0]])
+    b_row = jnp.asarray([1.0, -1.0, 1.0, 0.0])  # as jaxsoft turns the list given eagerly
     for t in (0.5, 3.0):
-        value, sign = jaxsoft.logsumexp(x, axis=-1, b=b, return_sign=True, t=t)
+        (value, sign), _, _ = _host(_with_b_and_t(x, b, b_row, t))
         want, want_sign = _reference(x, axis=-1, b=b, t=t)
         _close(value, want, rtol=1e-13, atol=1e-13)
         np.testing.assert_array_equal(sign, want_sign)
     # t = 0: the max over the entries with b != 0, signed by the sum of b over the maxima.
-    value, sign = jaxsoft.logsumexp(x, axis=-1, b=b, return_sign=True, t=0.0)
+    (value, sign), (row_value, row_sign), g = _host(_with_b_and_t(x, b, b_row, 0.0))
     np.testing.assert_array_equal(value, [2.0, 1.0])
     np.testing.assert_array_equal(sign, [1.0, 1.0])
-    value, sign = jaxsoft.logsumexp(x[1], b=[1.0, -1.0, 1.0, 0.0], return_sign=True, t=0.0)
-    assert (float(value), float(sign)) == (-INF, 0.0)
-    g = jax.grad(lambda x: jaxsoft.logsumexp(x, -1, b, t=0.0).sum())(jnp.asarray(x))
+    assert (float(row_value), float(row_sign)) == (-INF, 0.0)
     assert np.all(np.isfinite(g))
 
 
@@ -233,15 +330,20 @@ def test_check_grads_b_path(x64):
     check_grads(lambda x: f(x, b, 1.0), (x,), order=2, modes=("rev",))
 
 
+@jax.jit
+def _bfloat16_with_b(x, b):
+    return _both(x, -1, b), jaxsoft.logsumexp(x, -1, b.astype(jnp.float32))
+
+
 def test_bfloat16_with_b_accumulates_in_float32():
-    x = jnp.asarray(RNG.normal(size=(2, 4096)), jnp.bfloat16)
-    b = jnp.asarray(np.tile([1.0, -0.25], 2048), jnp.bfloat16)
-    got = jaxsoft.logsumexp(x, -1, b)
-    assert got.dtype == jnp.bfloat16 == jax.nn.logsumexp(x, -1, b).dtype
+    x = jnp.asarray(RNG.normal(size=(2, 4096)).astype(jnp.bfloat16))
+    b = jnp.asarray(np.tile([1.0, -0.25], 2048).astype(jnp.bfloat16))
+    (got, theirs), got_f32_b = _bfloat16_with_b(x, b)
+    assert got.dtype == jnp.bfloat16 == theirs.dtype
     want, _ = _reference(np.asarray(x, np.float64), axis=-1, b=np.asarray(b, np.float64))
     _close(got, want, rtol=2**-8, atol=0)  # the final rounding only
     # Dtypes promote together, as in jax.nn: float32 b makes a float32 result.
-    assert jaxsoft.logsumexp(x, -1, b.astype(jnp.float32)).dtype == jnp.float32
+    assert got_f32_b.dtype == jnp.float32
 
 
 @pytest.mark.parametrize("transform", ["jit", "vmap"])

@@ -9,7 +9,10 @@ written row by row from the SPEC, not from the code under test.
 
 Compile time: jit compiles once per shape and dtype, so structures come from a fixed list (a short
 one for the "ci" profile, a longer one for "thorough") and every structure's checks share one
-jitted bundle. Values vary freely within a structure and never trigger a compile.
+jitted bundle. Values vary freely within a structure and never trigger a compile. Within a bundle
+one ``jax.vjp`` serves ``jacrev`` and ``grad`` and one ``jax.linearize`` the two derivatives in
+``t``, as ``jax.jacrev``/``jax.grad``/``jax.vjp`` each do internally, without tracing and compiling
+the same forward pass once per derivative. The minimal repros below each run one jitted helper.
 
 Adding a function: one entry in ``FUNCS`` (how to call it, whether it keeps ``x``'s shape) and the
 matching key in the dict ``_reference`` returns.
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from functools import partial
 from typing import NamedTuple
 
 import jax
@@ -369,6 +373,25 @@ def _reference(c: Case) -> list[dict]:
 _BUNDLES: dict = {}
 
 
+def _basis(a):
+    """The standard basis of ``a``'s space, stacked along a new leading axis, in ``a``'s dtype."""
+    return jnp.eye(a.size, dtype=a.dtype).reshape((a.size,) + a.shape)
+
+
+def _x_derivatives(fx, x, w) -> dict:
+    """Value, ``jacfwd``, ``jacrev`` and the gradient of ``sum(w * fx(x))`` from one linearization,
+    as ``jax.jacfwd`` (the JVP over the basis of x), ``jax.jacrev`` (its transpose over the basis of
+    y) and ``jax.grad`` compute them, each of which would trace its own forward pass."""
+    y, lin = jax.linearize(fx, x)
+    pullback = jax.linear_transpose(lin, x)
+    return dict(
+        y=y,
+        jacfwd=jax.vmap(lin, out_axes=-1)(_basis(x)).reshape(y.shape + x.shape),
+        jacrev=jax.vmap(pullback)(_basis(y))[0].reshape(y.shape + x.shape),
+        grad=pullback(w.astype(y.dtype))[0],
+    )
+
+
 def _bundle(s: Structure, names: tuple[str, ...]):
     key = (s.axis, s.tkind, s.wkind, names, _core.forced_kernel())
     if key not in _BUNDLES:
@@ -379,19 +402,13 @@ def _bundle(s: Structure, names: tuple[str, ...]):
                 fn = FUNCS[name]
                 f = lambda x, t: fn.call(x, s.axis, t, where)
                 fx = lambda x: f(x, t)
-                y = fx(x)
-                r = dict(
-                    y=y,
-                    jacfwd=jax.jacfwd(fx)(x),
-                    jacrev=jax.jacrev(fx)(x),
-                    grad=jax.grad(lambda x: jnp.sum(cot[name] * fx(x).astype(jnp.float32)))(x),
-                )
+                # grad of sum(cot * y.astype(float32)): its cotangent for y is cot in y's dtype
+                r = _x_derivatives(fx, x, cot[name])
                 if t is not None:
                     ft = lambda t: f(x, t)
-                    r["dt"] = jax.jvp(ft, (t,), (jnp.ones_like(t),))[1]
-                    r["grad_t"] = jax.grad(
-                        lambda t: jnp.sum(cot[name] * ft(t).astype(jnp.float32))
-                    )(t)
+                    _, lin = jax.linearize(ft, t)  # forward mode in t, as jax.jvp
+                    r["dt"] = lin(jnp.ones_like(t))
+                    r["grad_t"] = jax.linear_transpose(lin, t)(cot[name].astype(r["y"].dtype))[0]
                 out[name] = r
             if "softargmax" in names:
                 out["jacobian"] = jaxsoft.softargmax_jacobian(
@@ -412,8 +429,9 @@ def _cotangents(c: Case, names) -> dict:
     out = {}
     for name in names:
         shape = c.s.shape if FUNCS[name].elementwise else _batch_shape(c.s)
-        out[name] = jnp.asarray(
-            np.cos(1.0 + 0.7 * np.arange(math.prod(shape))).reshape(shape), jnp.float32
+        # float32 on the host: NumPy for the checks, one transfer (no convert program) for the bundle
+        out[name] = (
+            np.cos(1.0 + 0.7 * np.arange(math.prod(shape))).reshape(shape).astype(np.float32)
         )
     return out
 
@@ -423,7 +441,8 @@ def _evaluate(c: Case, x: np.ndarray):
     run = _bundle(c.s, names)
     t = None if c.t is None else jnp.asarray(c.t)
     w = None if c.where is None else jnp.asarray(c.where)
-    res = run(jnp.asarray(x), t, w, _cotangents(c, names))
+    cot = {k: jnp.asarray(v) for k, v in _cotangents(c, names).items()}
+    res = run(jnp.asarray(x), t, w, cot)
     return jax.tree_util.tree_map(np.asarray, res)
 
 
@@ -759,26 +778,43 @@ def test_every_function_matches_the_reference_at_every_edge_float64(x64, case):
 # --------------------------------------------------------------------------------------------------
 
 
+@partial(jax.jit, static_argnames="name")
+def _t_derivatives(x, t, *, name):
+    """d f / dt by jvp, and the gradient in t of f's second entry."""
+    f = lambda t: getattr(jaxsoft, name)(x, t=t)
+    _, dt = jax.jvp(f, (t,), (jnp.ones_like(t),))
+    return dt, jax.grad(lambda t: f(t)[1])(t)
+
+
 @pytest.mark.parametrize("name", ["softargmax", "log_softargmax"])
 def test_derivative_in_t_has_no_nan_when_a_log_prob_is_huge(name):
     # x = [0, 1e30], t = 1e-6: log p_0 = -1e36 is finite but d log p_0 / dt = 1e42 overflows to
     # inf; p_0 = 0, and 0 * inf in <p, g> used to make the whole row's t-derivative NaN.
-    f = getattr(jaxsoft, name)
-    x = jnp.array([0.0, 1e30])
-    _, dt = jax.jvp(lambda t: f(x, t=t), (jnp.float32(1e-6),), (jnp.float32(1.0),))
-    assert not np.any(np.isnan(np.asarray(dt))), dt
+    x = np.array([0.0, 1e30], np.float32)
+    dt, g = (np.asarray(a) for a in _t_derivatives(x, np.float32(1e-6), name=name))
+    assert not np.any(np.isnan(dt)), dt
     assert float(dt[1]) == 0.0  # p_1 = 1 and log p_1 = 0 at every t near 1e-6
-    g = jax.grad(lambda t: f(x, t=t)[1])(jnp.float32(1e-6))
     assert float(g) == 0.0
+
+
+@jax.jit
+def _log_softargmax_and_grad(x, t):
+    f = lambda x: jaxsoft.log_softargmax(x, t=t)
+    return f(x), jax.grad(lambda x: f(x)[1])(x)
 
 
 def test_log_softargmax_does_not_overflow_when_x_minus_max_does():
     # 3e38 - (-3e38) overflows float32, but (x - max) / t = -6e32 at t = 1e6 does not (SPEC 6:
     # "finite, any magnitude: exact, no overflow").
-    out = jaxsoft.log_softargmax(jnp.array([3e38, -3e38], jnp.float32), t=1e6)
+    out, g = _log_softargmax_and_grad(np.array([3e38, -3e38], np.float32), 1e6)
     np.testing.assert_allclose(np.asarray(out), [0.0, -6e32], rtol=1e-6)
-    g = jax.grad(lambda x: jaxsoft.log_softargmax(x, t=1e6)[1])(jnp.array([3e38, -3e38]))
     np.testing.assert_allclose(np.asarray(g), [-1e-6, 1e-6], rtol=1e-5)
+
+
+@jax.jit
+def _mean_jacobians(x, t):
+    f = lambda x: jaxsoft.softargmax_mean(x, t=t)
+    return jax.jacfwd(f)(x), jax.jacrev(f)(x)
 
 
 def test_softargmax_mean_forward_derivative_with_tied_huge_maxima(x64):
@@ -786,17 +822,15 @@ def test_softargmax_mean_forward_derivative_with_tied_huge_maxima(x64):
     # 1/3, 1/3]; jacfwd gave 1.16e282, because <x - w, dp> multiplied w's rounding error (2e292)
     # by |dp| ~ 1/t.
     big = np.finfo(np.float64).max
-    x = jnp.array([0.0, big, big, big])
-    f = lambda x: jaxsoft.softargmax_mean(x, t=1e-6)
-    for jac in (jax.jacfwd, jax.jacrev):
-        np.testing.assert_allclose(np.asarray(jac(f)(x)), [0, 1 / 3, 1 / 3, 1 / 3], rtol=1e-12)
+    for jac in _mean_jacobians(np.array([0.0, big, big, big]), 1e-6):  # jacfwd, jacrev
+        np.testing.assert_allclose(np.asarray(jac), [0, 1 / 3, 1 / 3, 1 / 3], rtol=1e-12)
 
 
 @pytest.mark.parametrize("name", ["softargmax", "log_softargmax"])
 def test_masked_entries_of_a_nan_row_stay_zero(name):
     # Masked entries get 0 (-inf for log_softargmax) even when the row's unmasked entry is NaN,
     # as with jax.nn.softmax(where=...).
-    x = jnp.array([0.0, 0.0, jnp.nan])
+    x = np.array([0.0, 0.0, np.nan], np.float32)
     out = np.asarray(getattr(jaxsoft, name)(x, where=jnp.array([False, False, True])))
     fill = 0.0 if name == "softargmax" else -np.inf
     np.testing.assert_array_equal(out, [fill, fill, np.nan])
