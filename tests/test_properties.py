@@ -761,10 +761,21 @@ def _check_case(c: Case) -> None:
 _EXAMPLES_PER_KERNEL = max(1, settings().max_examples // 2)
 
 
-@settings(max_examples=_EXAMPLES_PER_KERNEL)
-@given(cases(_structures(x64=False)))
-def test_every_function_matches_the_reference_at_every_edge(case):
-    _check_case(case)
+_STRUCTURES_32 = _structures(x64=False)
+
+
+# One test per structure, so that every structure is drawn: over the whole list, derandomized
+# hypothesis drew 8 of the 12 CI structures (never float16, axis=None or a batch without rows).
+# The examples are shared out, so the total per kernel is the profile's as before.
+@pytest.mark.parametrize(
+    "structure",
+    _STRUCTURES_32,
+    ids=[f"{s.shape}-{s.axis}-{s.dtype}-{s.tkind}-{s.wkind}" for s in _STRUCTURES_32],
+)
+@settings(max_examples=max(1, _EXAMPLES_PER_KERNEL // len(_STRUCTURES_32)))
+@given(data=st.data())
+def test_every_function_matches_the_reference_at_every_edge(structure, data):
+    _check_case(data.draw(cases([structure])))
 
 
 @settings(max_examples=_EXAMPLES_PER_KERNEL)
