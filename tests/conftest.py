@@ -93,17 +93,21 @@ def kernel(request):
 # collection order, so a long file collected last can leave the other worker idle at the end
 # (README.md's doctests, collected after every test file, took 17 s). Seconds measured on 2 cores.
 _LONGEST_FIRST = (
-    "tests/test_properties.py",  # about 33 s
-    "tests/test_jacobians.py",
+    "tests/test_jacobians.py",  # about 42 s
     "tests/test_lm_head.py",
     "tests/test_divergences.py",
-    "tests/test_edges.py",
+    "tests/test_properties.py",
     "tests/test_attention.py",
+    "tests/test_edges.py",
     "tests/test_large_vocab.py",
-    "README.md",  # about 17 s in one test
+    "tests/test_lm_losses.py",
+    "README.md",  # about 16 s in one test
+    "tests/test_sampling.py",
+    "tests/test_losses.py",
     "tests/test_spec_properties.py",
+    "tests/test_memory.py",
+    "tests/test_bench_quick.py",  # about 13 s in one test
     "tests/test_notebook.py",  # about 12 s in one test
-    "tests/test_bench_quick.py",
 )
 
 
