@@ -153,7 +153,9 @@ class RowStats(NamedTuple):
     log_den: jax.Array
 
 
-FUSED_ROWS = 4096
+# The batch size from which one loop takes the max and every sum (fuses_row_sums); shared with the
+# sub-row form, which views smaller batches as at least this many rows.
+FUSED_ROWS = _tuned_subrows.FUSED_ROWS
 
 
 def fuses_row_sums(x: jax.Array) -> bool:
