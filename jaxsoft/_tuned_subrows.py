@@ -31,10 +31,14 @@ import jax.numpy as jnp
 
 # XLA:CPU fuses the max and the shared-exp sums into one loop from this many rows on (jax 0.10.2).
 FUSED_ROWS = 4096
-# Below this many entries the extra small fusions can cost more than the pass saved: the sub-row
-# form over the three-pass form's time, at (512, 2048) 1.14, (2048, 1024) 1.05, (1, 2^20) 0.46; from
-# 4 Mi entries 0.16-0.91 (jax 0.10.2).
+# Below these sizes the extra small fusions can cost more than the pass saved. The sub-row form over
+# the three-pass form's time (float32 forward, jax 0.10.2): from 4 Mi entries 0.16-0.91; at 1-2 Mi
+# entries 0.13-0.52 on rows of 65536 entries or more ((1, 2^20), (4, 2^18), (16, 2^16),
+# (8, 2^18), (32, 2^16), (1, 2^21)) but 1.05-1.13 on shorter ones ((512, 2048), (2048, 1024),
+# (64, 16384), (256, 4096)); below 1 Mi entries mixed (0.5-1.7).
 MIN_ENTRIES = 1 << 22
+MIN_ENTRIES_LONG_ROWS = 1 << 20
+LONG_ROW = 1 << 16
 
 
 def subrow_count(shape: tuple[int, ...]) -> int | None:
@@ -43,10 +47,12 @@ def subrow_count(shape: tuple[int, ...]) -> int | None:
 
     The smallest power of two with ``rows * k >= FUSED_ROWS`` that divides the row length; None
     from :data:`FUSED_ROWS` rows on (one loop computes everything there), below
-    :data:`MIN_ENTRIES` entries, and when no such ``k`` divides the row.
+    :data:`MIN_ENTRIES` entries (:data:`MIN_ENTRIES_LONG_ROWS` for rows of :data:`LONG_ROW`
+    entries or more), and when no such ``k`` divides the row.
     """
     rows, n = math.prod(shape[:-1]), shape[-1]
-    if rows >= FUSED_ROWS or rows == 0 or rows * n < MIN_ENTRIES:
+    least = MIN_ENTRIES_LONG_ROWS if n >= LONG_ROW else MIN_ENTRIES
+    if rows >= FUSED_ROWS or rows == 0 or rows * n < least:
         return None
     k = 1 << math.ceil(math.log2(FUSED_ROWS / rows))
     return None if n % k else k

@@ -2,8 +2,8 @@
 (``jaxsoft._tuned_subrows``): every edge row (SPEC 6), with its special entries spread over
 different sub-rows, must give what the reference kernel gives, for every temperature regime.
 
-The kernel takes that form from 4 Mi entries on (``MIN_ENTRIES``, a speed threshold); the tests
-lower the threshold so that 512 Ki entries take the same code path."""
+The kernel takes that form from 4 Mi entries on, 1 Mi on rows of 65536 entries or more (speed
+thresholds); the tests lower them so that 512 Ki entries take the same code path."""
 
 from __future__ import annotations
 
@@ -50,6 +50,7 @@ def _rows() -> np.ndarray:
 @pytest.fixture(autouse=True)
 def _small_inputs_take_the_sub_rows(monkeypatch):
     monkeypatch.setattr(_tuned_subrows, "MIN_ENTRIES", 0)
+    monkeypatch.setattr(_tuned_subrows, "MIN_ENTRIES_LONG_ROWS", 0)
 
 
 def _lse(x, t, where):
@@ -121,14 +122,11 @@ def test_value_and_grad_returns_the_forward_value():
 
 def test_the_sub_row_form_is_taken_where_it_was_measured_faster(monkeypatch):
     monkeypatch.setattr(_tuned_subrows, "MIN_ENTRIES", 1 << 22)
-
+    monkeypatch.setattr(_tuned_subrows, "MIN_ENTRIES_LONG_ROWS", 1 << 20)
     k = _tuned_subrows.subrow_count
-
-    assert [k(s) for s in [(256, 32768), (16, 262144), (1024, 4096), (4, 16, 65536)]] == [
-        16,
-        256,
-        4,
-        64,
-    ]
-    # Small inputs, one fused loop from 4096 rows on, and rows k does not divide keep whole rows.
-    assert [k(s) for s in [(512, 2048), (4096, 1024), (1000, 5001)]] == [None, None, None]
+    taken = [(256, 32768), (16, 262144), (1024, 4096), (4, 16, 65536), (16, 65536), (1, 1 << 20)]
+    assert [k(s) for s in taken] == [16, 256, 4, 64, 256, 4096]
+    # Small inputs (long rows from 1 Mi entries), one fused loop from 4096 rows on, and rows k does
+    # not divide keep whole rows.
+    kept = [(512, 2048), (64, 16384), (4, 65536), (4096, 1024), (1000, 5001)]
+    assert [k(s) for s in kept] == [None] * len(kept)
