@@ -103,7 +103,6 @@ def _compiled(fn: Callable, args: tuple, key: tuple) -> tuple[Callable[[], Any],
     group = tuple((a.shape, a.dtype.name) for a in args[:1])
     if any(k[0] != group for k in _EXECUTABLES):
         _EXECUTABLES.clear()  # new inputs: drop the previous group's executables
-        _COPIES.clear()
     full_key = (group, *key, tuple((a.shape, a.dtype.name) for a in args))
     if full_key not in _EXECUTABLES:
         _EXECUTABLES[full_key] = jax.jit(fn).lower(*args).compile()

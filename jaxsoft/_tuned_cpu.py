@@ -42,16 +42,6 @@ from jaxsoft import _rowstats, _tuned_subrows
 _NEG_INF = -jnp.inf
 
 
-def shift(m: jax.Array) -> jax.Array:
-    """The per-row shift ``max(m, -finfo.max)``: ``m`` itself, except ``-finfo.max`` on empty rows.
-
-    Why: an all ``-inf`` row shifted by its own max computes ``-inf - (-inf) = NaN``; shifted by the
-    finite ``-finfo.max`` every entry stays ``-inf``, so its ``exp`` is 0 and the sums are 0 with
-    no select on the full-size array (jax 0.10.2: a per-row ``max`` costs nothing measurable).
-    """
-    return jnp.maximum(m, -jnp.finfo(m.dtype).max)
-
-
 def big_power(dtype, down: int = 0) -> float:
     """``2^(maxexp - 1 - down)``: the largest power of two of ``dtype`` (``2^127`` in float32,
     ``2^1023`` in float64), so that it scales the smallest normal gap ``2^(1 - maxexp)`` to 2."""
